@@ -1,0 +1,205 @@
+"""The library surface the CLI uses: load_model() and restore_image().
+
+load_model: model spec (preset name, local file, hf:// URI) -> weights file -> state dict -> built arch on a device.
+restore_image: HxWxC numpy array (uint8 / uint16 / float32) -> restored array of the same dtype and channel layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import archs
+from archs import ArchSpec
+
+from . import loading, presets
+from .engine.runner import Runner, RunStats, pick_device, pick_dtype
+from .errors import RestoreError, UsageError
+
+TileArg = int | str  # "auto", 0 (whole image) or a core size in pixels
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: the module on its device, its descriptor, and where it came from."""
+
+    name: str
+    runner: Runner
+    spec: ArchSpec
+    weights: Path
+    license: str = "unknown (local file)"
+    description: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.runner.model
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.runner.dtype
+
+
+def _parse_tile(tile: TileArg) -> int | None:
+    if isinstance(tile, str):
+        if tile == "auto":
+            return None
+        if not tile.isdigit():
+            raise UsageError(f"--tile takes auto, 0 or a size in pixels, not {tile!r}")
+        tile = int(tile)
+    if tile < 0:
+        raise UsageError("--tile must be auto, 0 or a positive size")
+    return tile
+
+
+def resolve_weights(model: str, *, task: str | None = None, offline: bool = False
+                    ) -> tuple[str, Path, str | None, dict[str, Any], presets.Preset | None]:
+    """model spec -> (display name, local weights path, arch or None to detect, kwargs, preset)."""
+    if model.startswith("hf://"):
+        from . import hub
+
+        got = hub.fetch_hf_uri(model, offline=offline)
+        return model, got.path, got.arch, dict(got.kwargs or {}), None
+    path = Path(model).expanduser()
+    if path.suffix.lower() in loading.WEIGHT_SUFFIXES or path.exists():
+        if not path.is_file():
+            raise UsageError(f"{model}: weights file not found")
+        return path.name, path, None, {}, None
+    preset = presets.get(model)
+    if task is not None and not preset.serves(task):
+        raise UsageError(f"preset {preset.name} is a {preset.task} model, not {task}; see `restore models list`")
+    from . import hub
+
+    weights = hub.fetch(preset.source, offline=offline)
+    return preset.name, weights, preset.arch, dict(preset.kwargs), preset
+
+
+def load_model(model: str | None = None, *, task: str | None = None, device: str = "auto",
+               precision: str = "auto", tile: TileArg = "auto", overlap: int = 16, batch: int = 1,
+               offline: bool = False) -> LoadedModel:
+    """Resolve a preset name / weights file / hf:// URI (or the task's default preset) and build the model."""
+    if model is None:
+        if task is None:
+            raise UsageError("name a model or a task")
+        model = presets.default_for(task).name
+    name, path, arch, kwargs, preset = resolve_weights(model, task=task, offline=offline)
+    sd = loading.read_state_dict(path)
+    module = loading.build_from_state_dict(sd, where=str(path), arch=arch, kwargs=kwargs)
+    spec = archs.spec(module.arch_id, **module.arch_kwargs)
+    if task is not None and preset is None and task not in spec.tasks and task != "restore":
+        raise UsageError(f"{name} is a {'/'.join(spec.tasks)} model ({spec.id}), not {task}")
+    dev = pick_device(device)
+    runner = Runner(module, spec, device=dev, dtype=pick_dtype(precision, spec, dev), tile=_parse_tile(tile),
+                    overlap=overlap, batch=batch)
+    return LoadedModel(name=name, runner=runner, spec=spec, weights=path,
+                       license=preset.license if preset else "unknown (local file)",
+                       description=preset.description if preset else "", kwargs=module.arch_kwargs)
+
+
+# -- pixels ------------------------------------------------------------------------------------------------------
+def _to_unit_float(array: np.ndarray) -> np.ndarray:
+    """Scale by dtype, never by value: a dark 16-bit image stays 16-bit."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if array.dtype in (np.float32, np.float64, np.float16):
+        return array.astype(np.float32)
+    raise RestoreError(f"unsupported pixel type {array.dtype}")
+
+
+def _from_unit_float(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+    if dtype == np.uint16:
+        return np.clip(np.rint(arr * 65535.0), 0, 65535).astype(np.uint16)
+    return arr.astype(dtype)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _run_colour(model: LoadedModel, colour: np.ndarray) -> tuple[np.ndarray, RunStats]:
+    """colour: HxWx{1,3} float32 -> model output with the same channel count."""
+    want = model.spec.in_channels
+    have = colour.shape[2]
+    x = colour
+    if have == 1 and want == 3:
+        x = np.repeat(colour, 3, axis=2)
+    elif have == 3 and want == 1:
+        # A 1-channel model restores luma; chroma is carried over (resized for SR).
+        x = (colour @ _LUMA)[..., None]
+    elif have != want:
+        raise RestoreError(f"{model.spec.id} takes {want}-channel input, image has {have}")
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    out_t, stats = model.runner.run(t)
+    out = out_t.numpy().transpose(1, 2, 0)
+    if have == 1 and want == 3:
+        out = (out @ _LUMA)[..., None]
+    elif have == 3 and want == 1:
+        y_in = (colour @ _LUMA)[..., None]
+        chroma = colour - y_in
+        if model.spec.scale != 1:
+            chroma = _resize(chroma, model.spec.scale)
+        out = out + chroma
+    return out, stats
+
+
+def _resize(arr: np.ndarray, scale: int) -> np.ndarray:
+    import cv2
+
+    h, w = arr.shape[:2]
+    res = cv2.resize(arr, (w * scale, h * scale), interpolation=cv2.INTER_CUBIC)
+    return res.reshape(h * scale, w * scale, *arr.shape[2:])
+
+
+def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None = None,
+                  overlap: int | None = None, batch: int | None = None) -> tuple[np.ndarray, RunStats]:
+    """Restore one HxWxC (or HxW) image; returns the result in the input's dtype and channel layout.
+
+    Alpha is handled exactly: colour is premultiplied before the model and un-premultiplied after; alpha itself is
+    carried over (bicubic-resized for SR, clipped to [0, 1]); an all-opaque alpha stays all-opaque.
+    """
+    if tile is not None:
+        model.runner.tile = _parse_tile(tile)
+    if overlap is not None:
+        model.runner.overlap = overlap
+    if batch is not None:
+        model.runner.batch = max(1, batch)
+    squeeze = array.ndim == 2
+    img = _to_unit_float(array[..., None] if squeeze else array)
+    channels = img.shape[2]
+    if channels not in (1, 2, 3, 4):
+        raise RestoreError(f"unsupported channel count {channels}")
+    has_alpha = channels in (2, 4)
+    colour = img[..., :-1] if has_alpha else img
+    if not has_alpha:
+        out, stats = _run_colour(model, colour)
+    else:
+        alpha = img[..., -1:]
+        opaque = bool(np.all(alpha >= 1.0))
+        out, stats = _run_colour(model, colour if opaque else colour * alpha)
+        s = model.spec.scale
+        if opaque:
+            alpha_out = np.ones((*out.shape[:2], 1), dtype=np.float32)
+        else:
+            alpha_out = np.clip(_resize(alpha, s) if s != 1 else alpha, 0.0, 1.0)
+            out = np.where(alpha_out > 1e-6, out / np.maximum(alpha_out, 1e-6), 0.0)
+        out = np.concatenate([out, alpha_out], axis=2)
+    if array.dtype != np.float32:
+        out = np.clip(out, 0.0, 1.0)
+    result = _from_unit_float(out.astype(np.float32), array.dtype)
+    return (result[..., 0] if squeeze else result), stats

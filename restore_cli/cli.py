@@ -1,0 +1,283 @@
+"""The `restore` command line: one command per task, plus `models`. Parses, calls the API, prints."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import api, batch, presets
+from .errors import RestoreError, UsageError
+from .report import FileRecord, Reporter
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Batch image restoration: deblur, denoise, upscale, with seamless tiling.")
+models_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                         help="List, inspect, download and remove model presets.")
+app.add_typer(models_app, name="models")
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+FORMATS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
+
+Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs.", show_default=False)]
+Output = Annotated[Path | None, typer.Option("-o", "--output", help="Output folder [default: <input>_restored].")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Preset name, weights file, or hf://owner/repo[/file][@rev].")]
+TileOpt = Annotated[str, typer.Option(help="Tile size: auto, 0 (whole image) or a size in pixels.")]
+OverlapOpt = Annotated[int, typer.Option(min=0, help="Overlap between tiles, in pixels.")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp, tif or bmp [default: as input].")]
+SuffixOpt = Annotated[str, typer.Option(help="Appended to each output file name's stem.")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write a JSON report here.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print failures and the summary only.")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Use cached weights only (like HF_HUB_OFFLINE=1).")]
+QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")]
+SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output already exists.")]
+StripOpt = Annotated[bool, typer.Option("--strip-metadata", help="Do not copy ICC profile and EXIF.")]
+MaxPxOpt = Annotated[int | None, typer.Option("--max-pixels", help="Refuse larger images (0: no limit).")]
+
+
+def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str | None, tile: str, overlap: int,
+              batch_size: int, precision: str, device: str, fmt: str | None, suffix: str, recursive: bool,
+              json_path: Path | None, quiet: bool, offline: bool, quality: int, skip_existing: bool,
+              strip_metadata: bool, max_pixels: int | None) -> int:
+    from .io import images
+
+    if fmt is not None and fmt.lower() not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    jobs = batch.collect(inputs, output, recursive=recursive)
+    if not jobs:
+        raise UsageError("no images found in the inputs")
+    t0 = time.perf_counter()
+    loaded = api.load_model(model, task=task, device=device, precision=precision, tile=tile, overlap=overlap,
+                            batch=batch_size, offline=offline)
+    if not quiet:
+        err.print(f"[bold]{loaded.name}[/bold] ({loaded.spec.id}, x{loaded.spec.scale}, "
+                  f"{loaded.params / 1e6:.2f} M params, licence {loaded.license}) on {loaded.device} "
+                  f"{str(loaded.dtype).removeprefix('torch.')}, loaded in {time.perf_counter() - t0:.2f} s")
+    limit = images.DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None)
+    inputs_resolved = {j.source.resolve() for j in jobs}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, transient=True, disable=quiet or len(jobs) < 2)
+    reporter = Reporter(quiet=quiet, console=progress.console)
+    interrupted = False
+    with progress:
+        bar = progress.add_task("restoring", total=len(jobs))
+        for job in jobs:
+            try:
+                reporter.add(_one(job, loaded, images, fmt=fmt, suffix=suffix, quality=quality,
+                                  skip_existing=skip_existing, strip=strip_metadata, max_pixels=limit,
+                                  inputs=inputs_resolved))
+            except KeyboardInterrupt:
+                interrupted = True
+                break
+            progress.advance(bar)
+    reporter.summary(interrupted=interrupted)
+    if json_path is not None:
+        reporter.write_json(json_path, {
+            "task": task, "model": loaded.name, "arch": loaded.spec.id, "weights": str(loaded.weights),
+            "device": str(loaded.device), "precision": str(loaded.dtype).removeprefix("torch."),
+            "tile": tile, "overlap": overlap, "batch": batch_size})
+    if interrupted:
+        return 130
+    return 1 if any(r.status == "failed" for r in reporter.records) else 0
+
+
+def _one(job: batch.Job, loaded: api.LoadedModel, images: Any, *, fmt: str | None, suffix: str, quality: int,
+         skip_existing: bool, strip: bool, max_pixels: int | None, inputs: set[Path]) -> FileRecord:
+    rec = FileRecord(input=str(job.source), output=None, status="failed")
+    try:
+        t = time.perf_counter()
+        img = images.read_image(job.source, max_pixels=max_pixels)
+        rec.decode_ms = (time.perf_counter() - t) * 1000
+        out_fmt = images.output_format(img.format, fmt)
+        dest = batch.output_path(job, extension=images.FORMAT_EXTENSIONS[out_fmt], suffix=suffix)
+        rec.output = str(dest)
+        if dest in inputs or batch.same_file(dest, job.source):
+            raise UsageError(f"output {dest} is an input; refusing to overwrite it (use -o or --suffix)")
+        if skip_existing and dest.exists():
+            rec.status, rec.error = "skipped", "output exists"
+            return rec
+        h, w = img.pixels.shape[:2]
+        rec.size_in = (w, h)
+        result, stats = api.restore_image(loaded, img.pixels)
+        rec.infer_ms = stats.infer_s * 1000
+        rec.tile, rec.tiles, rec.notes = stats.tile, stats.tiles, stats.notes
+        rec.size_out = (result.shape[1], result.shape[0])
+        t = time.perf_counter()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        images.write_image(dest, result, fmt=out_fmt, like=img, quality=quality, strip_metadata=strip)
+        rec.encode_ms = (time.perf_counter() - t) * 1000
+        rec.status = "ok"
+    except RestoreError as e:
+        rec.error = str(e)
+    except MemoryError:
+        rec.error = "out of memory (try a smaller --tile)"
+    except OSError as e:
+        rec.error = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return rec
+
+
+def _task_command(task: str, help_text: str) -> Any:
+    def command(inputs: Inputs, output: Output = None, model: ModelOpt = None, tile: TileOpt = "auto",
+                overlap: OverlapOpt = 16, batch_size: Annotated[int, typer.Option("--batch", min=1,
+                help="Tiles per forward pass.")] = 1, precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
+                fmt: FormatOpt = None, suffix: SuffixOpt = "", recursive: RecursiveOpt = False,
+                json_path: JsonOpt = None, quiet: QuietOpt = False, offline: OfflineOpt = False,
+                quality: QualityOpt = 95, skip_existing: SkipOpt = False, strip_metadata: StripOpt = False,
+                max_pixels: MaxPxOpt = None) -> None:
+        code = _run_task(task, inputs, output=output, model=model, tile=tile, overlap=overlap,
+                         batch_size=batch_size, precision=precision, device=device, fmt=fmt, suffix=suffix,
+                         recursive=recursive, json_path=json_path, quiet=quiet, offline=offline, quality=quality,
+                         skip_existing=skip_existing, strip_metadata=strip_metadata, max_pixels=max_pixels)
+        raise typer.Exit(code)
+
+    command.__doc__ = help_text
+    return command
+
+
+app.command("deblur")(_task_command("deblur", "Remove motion and defocus blur."))
+app.command("denoise")(_task_command("denoise", "Remove sensor noise and compression artefacts."))
+app.command("upscale")(_task_command("upscale", "Super-resolve images (x2 / x4)."))
+app.command("sr", hidden=True)(_task_command("upscale", "Alias of upscale."))
+app.command("restore")(_task_command("restore", "All-in-one restoration (noise, rain, haze, blur)."))
+app.command("face")(_task_command("face", "Restore faces."))
+
+
+# -- models -----------------------------------------------------------------------------------------------------
+def _params(p: presets.Preset) -> int | None:
+    import torch
+
+    import archs
+
+    try:
+        with torch.device("meta"):
+            m = archs.build(p.arch, **p.kwargs)
+        return sum(t.numel() for t in m.parameters())
+    except Exception:  # an arch not implemented yet still lists
+        return None
+
+
+def _available(p: presets.Preset) -> str:
+    from . import hub
+
+    if p.source.kind == "url":
+        return "manual"
+    return "yes" if hub.is_cached(p.source) else "no"
+
+
+def _source_text(p: presets.Preset) -> str:
+    s = p.source
+    if s.kind == "hf":
+        return f"hf:{s.repo}/{s.filename}@{(s.revision or '')[:10]}"
+    if s.kind == "bundled":
+        return "bundled"
+    return s.url or "url"
+
+
+@models_app.callback(invoke_without_command=True)
+def models_main(ctx: typer.Context) -> None:
+    """Without a sub-command: list the presets."""
+    if ctx.invoked_subcommand is None:
+        models_list(task=None, arch=None)
+
+
+@models_app.command("list")
+def models_list(task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+                arch: Annotated[str | None, typer.Option(help="Only this architecture.")] = None) -> None:
+    """List presets: name, task, arch, scale, params, weights licence, source, available locally."""
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("name", "task", "arch", "scale", "params", "licence", "source", "local"):
+        table.add_column(col, overflow="fold")
+    _, defaults = presets._load(presets.weights_toml_path())
+    default_names = set(defaults.values())
+    for p in presets.all_presets().values():
+        if (task and not p.serves(task)) or (arch and arch.lower() != p.arch.lower()):
+            continue
+        n = _params(p)
+        table.add_row(p.name + (" *" if p.name in default_names else ""), p.task, p.arch, f"x{p.scale}",
+                      f"{n / 1e6:.2f} M" if n else "?", p.license, _source_text(p), _available(p))
+    out.print(table)
+    out.print("* default for its task")
+
+
+@models_app.command("info")
+def models_info(name: str) -> None:
+    """Everything about one preset."""
+    p = presets.get(name)
+    n = _params(p)
+    rows = [("name", p.name), ("task", ", ".join((p.task, *p.tasks))), ("arch", p.arch), ("kwargs", str(p.kwargs)),
+            ("scale", f"x{p.scale}"), ("params", f"{n:,}" if n else "?"), ("licence", p.license),
+            ("description", p.description), ("source", p.source.kind)]
+    s = p.source
+    rows += [(k, v) for k, v in (("repo", s.repo), ("file", s.filename), ("revision", s.revision),
+                                 ("sha256", s.sha256), ("url", s.url), ("note", s.note)) if v]
+    rows.append(("available", _available(p)))
+    for k, v in rows:
+        out.print(f"[bold]{k:12}[/bold] {v}", soft_wrap=True)
+
+
+@models_app.command("download")
+def models_download(names: list[str]) -> None:
+    """Fetch presets' weights into the cache for offline use."""
+    from . import hub
+
+    failed = 0
+    for name in names:
+        p = presets.get(name)
+        try:
+            path = hub.fetch(p.source, offline=False, progress=True)
+            out.print(f"{name}: {path}")
+        except RestoreError as e:
+            err.print(f"[red]{name}[/red]: {e}", soft_wrap=True)
+            failed += 1
+    raise typer.Exit(1 if failed else 0)
+
+
+@models_app.command("remove")
+def models_remove(names: list[str]) -> None:
+    """Delete presets' cached weights."""
+    from . import hub
+
+    for name in names:
+        p = presets.get(name)
+        if p.source.kind != "hf":
+            raise UsageError(f"{name}: {p.source.kind} weights are not in the download cache")
+        out.print(f"{name}: {'removed' if hub.remove(p.source) else 'not cached'}")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line and an exit code, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except RestoreError as e:
+        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors arrive here with standalone_mode=False
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if os.environ.get("RESTORE_DEBUG"):
+            raise
+        err.print(f"[red]internal error:[/red] {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                  "(set RESTORE_DEBUG=1 for the traceback)", soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Tiled inference: plan equal tiles with a context margin, run them in batches, blend the overlaps."""

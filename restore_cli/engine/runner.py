@@ -1,0 +1,191 @@
+"""Run a model over a tile plan: device and precision, batching, pinned transfers, OOM back-off, auto tile size."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from archs import ArchSpec
+
+from ..errors import RestoreError, UsageError
+from .tiles import TilePlan, blend_weights, pad_reflect, plan_tiles, round_up
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CPU_TILE = 512
+MIN_TILE = 32
+MAX_AUTO_TILE = 2048
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {name!r} asked for, but no CUDA GPU is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"device {name!r} does not exist ({torch.cuda.device_count()} GPU(s) present)")
+    elif dev.type != "cpu":
+        raise UsageError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
+    return dev
+
+
+def pick_dtype(precision: str, spec: ArchSpec, device: torch.device) -> torch.dtype:
+    """auto: fp16 where the arch allows it on a GPU (its 11-bit mantissa suits 16-bit output), else bf16, fp32."""
+    if precision not in ("auto", *DTYPES):
+        raise UsageError(f"unknown precision {precision!r} (use auto, fp32, fp16 or bf16)")
+    if device.type != "cuda":
+        if precision in ("fp16",):
+            raise UsageError("fp16 needs a CUDA GPU; use fp32 or bf16 on the CPU")
+        return DTYPES["bf16"] if precision == "bf16" else torch.float32
+    if precision == "auto":
+        if spec.fp16:
+            return torch.float16
+        if spec.bf16 and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    dtype = DTYPES[precision]
+    if (dtype is torch.float16 and not spec.fp16) or (dtype is torch.bfloat16 and not spec.bf16):
+        raise UsageError(f"{spec.id} does not support {precision}; use fp32 or auto")
+    return dtype
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e))
+
+
+@dataclass
+class RunStats:
+    tile: int = 0  # core tile size used (0: whole image)
+    tiles: int = 0
+    retries: int = 0
+    infer_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class Runner:
+    """Holds a model on its device in its precision, and runs images through it tile by tile."""
+
+    def __init__(self, model: nn.Module, spec: ArchSpec, *, device: torch.device, dtype: torch.dtype,
+                 tile: int | None = None, overlap: int = 16, batch: int = 1, margin: int | None = None,
+                 channels_last: bool | None = None,
+                 call: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.spec = spec
+        self.device = device
+        self.dtype = dtype
+        self.overlap = max(0, overlap)
+        self.batch = max(1, batch)
+        self.margin = spec.context if margin is None else max(0, margin)
+        self.channels_last = (spec.channels_last and device.type == "cuda") if channels_last is None else channels_last
+        self.call = call or (lambda m, x: m(x))
+        self.model = model.to(device=device, dtype=dtype).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # None: choose per image (auto); 0: whole image; N: fixed core size. OOM back-off lowers it for the run.
+        self.tile = tile
+
+    # -- tile size -------------------------------------------------------------------------------------------
+    def _auto_tile(self, height: int, width: int) -> int:
+        if self.device.type != "cuda":
+            if self.spec.tiling != "safe" and height * width <= 4_000_000:
+                return 0  # whole-image statistics: one tile is exact and still cheap on the CPU
+            return CPU_TILE if self.spec.tiling == "safe" else 1024
+        per_px = self._probe_bytes_per_pixel()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        budget = 0.5 * (free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
+        side = int(math.sqrt(budget / (per_px * self.batch))) - 2 * self.margin
+        cap = MAX_AUTO_TILE * (2 if self.spec.tiling != "safe" else 1)
+        side = max(MIN_TILE, min(side, cap))
+        if side >= height and side >= width:
+            return 0
+        return side
+
+    def _probe_bytes_per_pixel(self) -> float:
+        if hasattr(self, "_per_px"):
+            return self._per_px
+        side = round_up(max(128, self.spec.min_size), self.spec.multiple_of)
+        x = torch.rand(1, self.spec.in_channels, side, side, device=self.device, dtype=self.dtype)
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        with torch.inference_mode():
+            self.call(self.model, self._to_format(x))
+        peak = torch.cuda.max_memory_allocated(self.device) - base
+        self._per_px = max(peak, 1) / (side * side) * 1.25  # headroom: activation peaks do not scale perfectly
+        return self._per_px
+
+    def _to_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    # -- running ---------------------------------------------------------------------------------------------
+    def run(self, image: torch.Tensor) -> tuple[torch.Tensor, RunStats]:
+        """image: (C, H, W) float32 on the CPU in [0, 1] -> (C', H*s, W*s) float32 on the CPU."""
+        stats = RunStats()
+        _, height, width = image.shape
+        tile = self.tile if self.tile is not None else self._auto_tile(height, width)
+        start = time.perf_counter()
+        while True:
+            plan = plan_tiles(height, width, tile=tile, overlap=self.overlap, margin=self.margin,
+                              multiple_of=self.spec.multiple_of, scale=self.spec.scale, min_size=self.spec.min_size)
+            try:
+                out = self._run_plan(image, plan)
+                break
+            except Exception as e:
+                if not _is_oom(e):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                current = tile if tile > 0 else max(height, width)
+                tile = current // 2
+                if tile < max(MIN_TILE, self.spec.min_size):
+                    raise RestoreError(f"out of memory even with {current}px tiles on {self.device}") from None
+                stats.retries += 1
+                stats.notes.append(f"out of memory at tile {current}px, retrying with {tile}px")
+                if self.tile is not None or self.device.type == "cuda":
+                    self.tile = tile  # keep the working size for the rest of the run
+        stats.tile, stats.tiles = (0 if plan.count == 1 and plan.margin == 0 else plan.tile_h), plan.count
+        stats.infer_s = time.perf_counter() - start
+        return out, stats
+
+    def _run_plan(self, image: torch.Tensor, plan: TilePlan) -> torch.Tensor:
+        s = plan.scale
+        c_out = self.spec.out_channels
+        padded = pad_reflect(image[None], *plan.pad)[0]
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:
+            padded = padded.pin_memory()
+        out_bytes = 4 * (c_out + 1) * plan.height * plan.width * s * s
+        acc_device = self.device if on_gpu and out_bytes < 0.25 * torch.cuda.mem_get_info(self.device)[0] \
+            else torch.device("cpu")
+        acc = torch.zeros(c_out, plan.height * s, plan.width * s, device=acc_device)
+        wsum = torch.zeros(1, plan.height * s, plan.width * s, device=acc_device)
+        positions = plan.positions()
+        with torch.inference_mode():
+            for b in range(0, len(positions), self.batch):
+                chunk = positions[b:b + self.batch]
+                windows = torch.stack([padded[:, y:y + plan.window_h, x:x + plan.window_w] for _, _, y, x in chunk])
+                if on_gpu:
+                    windows = windows.pin_memory()
+                x_dev = self._to_format(windows.to(self.device, dtype=self.dtype, non_blocking=True))
+                y_dev = self.call(self.model, x_dev)
+                if y_dev.shape[-2:] != (plan.window_h * s, plan.window_w * s):
+                    raise RestoreError(f"{self.spec.id} returned {tuple(y_dev.shape[-2:])} for a "
+                                       f"{plan.window_h}x{plan.window_w} tile, expected scale {s}")
+                m = plan.margin * s
+                core = y_dev[:, :, m:m + plan.tile_h * s, m:m + plan.tile_w * s].float()
+                for k, (i, j, y, x) in enumerate(chunk):
+                    w = blend_weights(plan, i, j).to(core.device)
+                    ys, xs = slice(y * s, (y + plan.tile_h) * s), slice(x * s, (x + plan.tile_w) * s)
+                    acc[:, ys, xs] += (core[k] * w).to(acc_device, non_blocking=True)
+                    wsum[:, ys, xs] += w.to(acc_device)
+        return (acc / wsum).cpu()

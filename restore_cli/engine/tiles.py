@@ -1,0 +1,105 @@
+"""Tile planning and blend weights.
+
+Every tile has one fixed shape: a core of tile_h x tile_w input pixels, plus `margin` pixels of context on every
+side (cropped away after the model), rounded up to the arch's multiple. Cores overlap by at least `overlap` pixels and
+are blended with separable raised-cosine ramps, normalised by the summed weights; image borders get weight 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _starts(length: int, core: int, overlap: int) -> list[int]:
+    """Evenly spread core origins so that the last core ends exactly at the image edge."""
+    if core >= length:
+        return [0]
+    step = max(1, core - overlap)
+    n = math.ceil((length - core) / step) + 1
+    return [round(i * (length - core) / (n - 1)) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    height: int
+    width: int
+    scale: int
+    tile_h: int  # core size, input pixels
+    tile_w: int
+    margin: int
+    window_h: int  # what the model sees: core + context, rounded up to the arch's multiple
+    window_w: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    @property
+    def pad(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) padding of the whole image so every window lies inside it."""
+        return (self.margin, self.window_w - self.tile_w - self.margin,
+                self.margin, self.window_h - self.tile_h - self.margin)
+
+    def positions(self) -> list[tuple[int, int, int, int]]:
+        """(row index, col index, core y, core x) in raster order."""
+        return [(i, j, y, x) for i, y in enumerate(self.ys) for j, x in enumerate(self.xs)]
+
+
+def plan_tiles(height: int, width: int, *, tile: int, overlap: int, margin: int, multiple_of: int = 1,
+               scale: int = 1, min_size: int = 1) -> TilePlan:
+    """Plan tiles for an image; tile <= 0 means one tile covering the whole image (with no context margin)."""
+    if tile <= 0 or (tile >= height and tile >= width):
+        tile_h, tile_w, margin = height, width, 0
+    else:
+        tile_h, tile_w = min(tile, height), min(tile, width)
+    overlap = max(0, min(overlap, tile_h - 1, tile_w - 1))
+    window_h = max(round_up(tile_h + 2 * margin, multiple_of), round_up(min_size, multiple_of))
+    window_w = max(round_up(tile_w + 2 * margin, multiple_of), round_up(min_size, multiple_of))
+    return TilePlan(height, width, scale, tile_h, tile_w, margin, window_h, window_w,
+                    tuple(_starts(height, tile_h, overlap)), tuple(_starts(width, tile_w, overlap)))
+
+
+def _ramp_1d(starts: tuple[int, ...], index: int, core: int, scale: int) -> torch.Tensor:
+    """Weights along one axis of one tile's core, in output pixels: raised-cosine rises over each shared band."""
+    w = torch.ones(core * scale, dtype=torch.float32)
+    if index > 0:
+        band = (starts[index - 1] + core - starts[index]) * scale
+        if band > 0:
+            t = (torch.arange(band, dtype=torch.float32) + 0.5) / band
+            w[:band] = 0.5 - 0.5 * torch.cos(math.pi * t)
+    if index < len(starts) - 1:
+        band = (starts[index] + core - starts[index + 1]) * scale
+        if band > 0:
+            t = (torch.arange(band, dtype=torch.float32) + 0.5) / band
+            w[-band:] *= 0.5 + 0.5 * torch.cos(math.pi * t)
+    return w
+
+
+def blend_weights(plan: TilePlan, row: int, col: int) -> torch.Tensor:
+    """The (tile_h*s, tile_w*s) weight of one tile's core; neighbouring ramps sum to exactly 1."""
+    wy = _ramp_1d(plan.ys, row, plan.tile_h, plan.scale)
+    wx = _ramp_1d(plan.xs, col, plan.tile_w, plan.scale)
+    return wy[:, None] * wx[None, :]
+
+
+def pad_reflect(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
+    """Reflect padding of any width (torch's needs pad < size): mirror repeatedly, replicate a 1-pixel axis."""
+    while left or right or top or bottom:
+        h, w = x.shape[-2:]
+        lim_w, lim_h = max(w - 1, 0), max(h - 1, 0)
+        step = (min(left, lim_w), min(right, lim_w), min(top, lim_h), min(bottom, lim_h))
+        if not any(step):
+            return F.pad(x, (left, right, top, bottom), mode="replicate")
+        x = F.pad(x, step, mode="reflect")
+        left, right, top, bottom = (a - b for a, b in zip((left, right, top, bottom), step, strict=True))
+    return x

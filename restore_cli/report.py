@@ -1,0 +1,97 @@
+"""Per-file rows, run totals, and the JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass
+class FileRecord:
+    input: str
+    output: str | None
+    status: str  # "ok" | "failed" | "skipped"
+    error: str | None = None
+    size_in: tuple[int, int] | None = None  # (width, height)
+    size_out: tuple[int, int] | None = None
+    decode_ms: float = 0.0
+    infer_ms: float = 0.0
+    encode_ms: float = 0.0
+    tile: int | None = None
+    tiles: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def megapixels_per_s(self) -> float:
+        if not self.size_in or self.infer_ms <= 0:
+            return 0.0
+        return self.size_in[0] * self.size_in[1] / 1e6 / (self.infer_ms / 1000)
+
+
+class Reporter:
+    """Prints one row per file as it finishes, and totals at the end."""
+
+    def __init__(self, *, quiet: bool = False, console: Console | None = None) -> None:
+        self.quiet = quiet
+        self.console = console or Console(stderr=True, highlight=False)
+        self.records: list[FileRecord] = []
+        self.started = time.perf_counter()
+
+    def add(self, rec: FileRecord) -> None:
+        self.records.append(rec)
+        if self.quiet and rec.status != "failed":
+            return
+        if rec.status == "failed":
+            self.console.print(f"[red]failed[/red] {rec.input}: {rec.error}", soft_wrap=True)
+        elif rec.status == "skipped":
+            self.console.print(f"[dim]skipped {rec.input} ({rec.error})[/dim]", soft_wrap=True)
+        else:
+            (w, h), (ow, oh) = rec.size_in or (0, 0), rec.size_out or (0, 0)
+            self.console.print(
+                f"{rec.input}  {w}x{h} -> {ow}x{oh}  decode {rec.decode_ms:.0f} ms  infer {rec.infer_ms:.0f} ms"
+                f"  encode {rec.encode_ms:.0f} ms  {rec.megapixels_per_s:.2f} MP/s"
+                + (f"  tile {rec.tile}x{rec.tiles}" if rec.tile else "")
+                + "".join(f"  [yellow]{n}[/yellow]" for n in rec.notes), soft_wrap=True, markup=True)
+
+    def totals(self) -> dict[str, Any]:
+        ok = [r for r in self.records if r.status == "ok"]
+        mp = sum(r.size_in[0] * r.size_in[1] for r in ok if r.size_in) / 1e6
+        infer = sum(r.infer_ms for r in ok) / 1000
+        return {
+            "files": len(self.records), "ok": len(ok),
+            "failed": sum(r.status == "failed" for r in self.records),
+            "skipped": sum(r.status == "skipped" for r in self.records),
+            "megapixels": round(mp, 4), "infer_s": round(infer, 4),
+            "wall_s": round(time.perf_counter() - self.started, 4),
+            "megapixels_per_s": round(mp / infer, 4) if infer > 0 else 0.0,
+        }
+
+    def summary(self, *, interrupted: bool = False) -> None:
+        t = self.totals()
+        failed = [r for r in self.records if r.status == "failed"]
+        if failed:
+            table = Table(title=f"{len(failed)} file(s) failed", title_justify="left", show_edge=False)
+            table.add_column("file", overflow="fold")
+            table.add_column("reason", overflow="fold")
+            for r in failed:
+                table.add_row(r.input, r.error or "")
+            self.console.print(table)
+        head = "interrupted: " if interrupted else ""
+        self.console.print(
+            f"{head}{t['ok']} restored, {t['failed']} failed, {t['skipped']} skipped; {t['megapixels']:.2f} MP in "
+            f"{t['infer_s']:.2f} s inference ({t['megapixels_per_s']:.2f} MP/s), {t['wall_s']:.2f} s wall")
+
+    def write_json(self, path: Path, run: dict[str, Any]) -> None:
+        doc = {"run": run, "totals": self.totals(), "files": [
+            {**asdict(r), "megapixels_per_s": round(r.megapixels_per_s, 4)} for r in self.records]}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(doc, indent=2))
+        os.replace(tmp, path)
