@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,7 @@ class LocalNet(nn.Module):
         g = torch.Generator().manual_seed(0)
         layers: list[nn.Module] = []
         ch = [3, 8, 8, 8, 3 * scale * scale]
-        for a, b in zip(ch[:-1], ch[1:], strict=True):
+        for a, b in itertools.pairwise(ch):
             conv = nn.Conv2d(a, b, 3, padding=1)
             with torch.no_grad():
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.3)
@@ -44,6 +46,9 @@ def test_plan_covers_image_with_equal_tiles(h: int, w: int, tile: int, overlap: 
     assert plan.xs[0] == 0 and plan.xs[-1] + plan.tile_w == w
     assert plan.window_h % 8 == 0 and plan.window_w % 8 == 0
     assert plan.window_h >= plan.tile_h + 12 or plan.count == 1
+    for _, _, y, x in plan.positions():
+        wy, wx = plan.window_origin(y, x)
+        assert wy <= y and y + plan.tile_h <= wy + plan.window_h and wx <= x and x + plan.tile_w <= wx + plan.window_w
     for a, b in zip(plan.xs[:-1], plan.xs[1:], strict=True):
         assert a + plan.tile_w - b >= min(overlap, plan.tile_w - 1)
 

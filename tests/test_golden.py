@@ -17,7 +17,7 @@ from tests.conftest import GOLDEN
 if not GOLDEN.is_dir():
     pytest.skip(f"golden folder {GOLDEN} not found", allow_module_level=True)
 sys.path.insert(0, str(GOLDEN))
-from recipe import recipe_state_dict  # noqa: E402
+from recipe import recipe_state_dict
 
 
 def _meta(path: Path) -> dict[str, str]:
@@ -46,7 +46,7 @@ def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_golden_output(path: Path) -> None:
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}
+        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
     model.load_state_dict(recipe_state_dict(t, meta), strict=True)
     model.eval()

@@ -173,7 +173,8 @@ class Runner:
         with torch.inference_mode():
             for b in range(0, len(positions), self.batch):
                 chunk = positions[b:b + self.batch]
-                windows = torch.stack([padded[:, y:y + plan.window_h, x:x + plan.window_w] for _, _, y, x in chunk])
+                origins = [plan.window_origin(y, x) for _, _, y, x in chunk]
+                windows = torch.stack([padded[:, wy:wy + plan.window_h, wx:wx + plan.window_w] for wy, wx in origins])
                 if on_gpu:
                     windows = windows.pin_memory()
                 x_dev = self._to_format(windows.to(self.device, dtype=self.dtype, non_blocking=True))
@@ -181,11 +182,11 @@ class Runner:
                 if y_dev.shape[-2:] != (plan.window_h * s, plan.window_w * s):
                     raise RestoreError(f"{self.spec.id} returned {tuple(y_dev.shape[-2:])} for a "
                                        f"{plan.window_h}x{plan.window_w} tile, expected scale {s}")
-                m = plan.margin * s
-                core = y_dev[:, :, m:m + plan.tile_h * s, m:m + plan.tile_w * s].float()
-                for k, (i, j, y, x) in enumerate(chunk):
+                for k, ((i, j, y, x), (wy, wx)) in enumerate(zip(chunk, origins, strict=True)):
+                    oy, ox = (y - wy) * s, (x - wx) * s
+                    core = y_dev[k, :, oy:oy + plan.tile_h * s, ox:ox + plan.tile_w * s].float()
                     w = blend_weights(plan, i, j).to(core.device)
                     ys, xs = slice(y * s, (y + plan.tile_h) * s), slice(x * s, (x + plan.tile_w) * s)
-                    acc[:, ys, xs] += (core[k] * w).to(acc_device, non_blocking=True)
+                    acc[:, ys, xs] += (core * w).to(acc_device, non_blocking=True)
                     wsum[:, ys, xs] += w.to(acc_device)
         return (acc / wsum).cpu()

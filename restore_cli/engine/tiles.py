@@ -1,8 +1,12 @@
 """Tile planning and blend weights.
 
-Every tile has one fixed shape: a core of tile_h x tile_w input pixels, plus `margin` pixels of context on every
-side (cropped away after the model), rounded up to the arch's multiple. Cores overlap by at least `overlap` pixels and
-are blended with separable raised-cosine ramps, normalised by the summed weights; image borders get weight 1.
+Every tile has one fixed shape: a core of tile_h x tile_w input pixels, plus at least `margin` pixels of context on
+every side that lies inside the image (cropped away after the model), rounded up to the arch's multiple. Windows at
+the image border are shifted inwards rather than padded, so the model sees the true border exactly as it does on the
+whole image. The image is reflect-padded (bottom/right) only up to the arch's multiple or a window larger than the
+image; whole-image runs get the same padding, so tiled and whole runs see the same pixels. Cores overlap by at least
+`overlap` pixels and are blended with separable raised-cosine ramps, normalised by the summed weights; image borders
+get weight 1.
 """
 
 from __future__ import annotations
@@ -44,11 +48,24 @@ class TilePlan:
     def count(self) -> int:
         return len(self.ys) * len(self.xs)
 
+    multiple_of: int = 1
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """(height, width) of the image after bottom/right reflect padding."""
+        return (max(round_up(self.height, self.multiple_of), self.window_h),
+                max(round_up(self.width, self.multiple_of), self.window_w))
+
     @property
     def pad(self) -> tuple[int, int, int, int]:
-        """(left, right, top, bottom) padding of the whole image so every window lies inside it."""
-        return (self.margin, self.window_w - self.tile_w - self.margin,
-                self.margin, self.window_h - self.tile_h - self.margin)
+        """(left, right, top, bottom) padding of the whole image."""
+        ph, pw = self.padded_size
+        return (0, pw - self.width, 0, ph - self.height)
+
+    def window_origin(self, y: int, x: int) -> tuple[int, int]:
+        """Top-left of the window around the core at (y, x): centred, shifted to stay inside the padded image."""
+        ph, pw = self.padded_size
+        return (min(max(y - self.margin, 0), ph - self.window_h), min(max(x - self.margin, 0), pw - self.window_w))
 
     def positions(self) -> list[tuple[int, int, int, int]]:
         """(row index, col index, core y, core x) in raster order."""
@@ -66,7 +83,7 @@ def plan_tiles(height: int, width: int, *, tile: int, overlap: int, margin: int,
     window_h = max(round_up(tile_h + 2 * margin, multiple_of), round_up(min_size, multiple_of))
     window_w = max(round_up(tile_w + 2 * margin, multiple_of), round_up(min_size, multiple_of))
     return TilePlan(height, width, scale, tile_h, tile_w, margin, window_h, window_w,
-                    tuple(_starts(height, tile_h, overlap)), tuple(_starts(width, tile_w, overlap)))
+                    tuple(_starts(height, tile_h, overlap)), tuple(_starts(width, tile_w, overlap)), multiple_of)
 
 
 def _ramp_1d(starts: tuple[int, ...], index: int, core: int, scale: int) -> torch.Tensor:
