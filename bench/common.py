@@ -1,0 +1,53 @@
+"""Shared bits of the benchmarks: environment record, CUDA timing, result files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def environment() -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(), "torch": torch.__version__,
+        "cuda": torch.version.cuda, "cpu": platform.processor() or platform.machine(),
+    }
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        env.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), capability=f"{p.major}.{p.minor}",
+                   cudnn=torch.backends.cudnn.version())
+    return env
+
+
+def time_cuda(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 5) -> float:
+    """Median wall seconds of fn(), synchronised; on the CPU plain perf_counter."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def write_results(out_dir: Path, name: str, env: dict[str, Any], rows: list[dict[str, Any]],
+                  columns: list[str]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
+    lines = [f"# {name}", "", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
