@@ -1,0 +1,95 @@
+"""GPU paths: the families on CUDA in their supported precisions, and the engine's device code.
+
+Marked `cuda`: skipped on CPU CI, run on the H200 (results committed under bench/results/).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import archs
+from restore_cli.engine.runner import Runner
+from tests.conftest import GOLDEN
+from tests.test_seams import _cases, _load, smooth_image
+
+pytestmark = pytest.mark.cuda
+sys.path.insert(0, str(GOLDEN))
+
+CUDA = torch.device("cuda")
+HALF_TOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def _golden_io(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor("input"), f.get_tensor("output")
+
+
+@pytest.mark.parametrize("path", _cases(), ids=lambda p: p.name)
+def test_family_on_cuda_all_precisions(path: Path) -> None:
+    model, spec = _load(path)
+    x, want = _golden_io(path)
+    with torch.inference_mode():
+        out = model.to(CUDA)(x.to(CUDA)).float().cpu()
+    assert float((out - want).norm() / want.norm()) <= 1e-4
+    for dtype, ok in ((torch.float16, spec.fp16), (torch.bfloat16, spec.bf16)):
+        if not ok:
+            continue
+        m = model.to(CUDA, dtype)
+        with torch.inference_mode():
+            out = m(x.to(CUDA, dtype)).float().cpu()
+        assert torch.isfinite(out).all(), dtype
+        err = float((out - want).norm() / want.norm())
+        assert err <= HALF_TOL[dtype], f"{dtype}: relative L2 {err:.3e}"
+        model = model.float()
+
+
+@pytest.mark.parametrize("path", _cases(), ids=lambda p: p.name)
+def test_engine_cuda_matches_cpu(path: Path) -> None:
+    model, spec = _load(path)
+    image = smooth_image(96, 80)
+    cpu_out, _ = Runner(model, spec, device=torch.device("cpu"), dtype=torch.float32, tile=0).run(image)
+    model, spec = _load(path)
+    runner = Runner(model, spec, device=CUDA, dtype=torch.float32, tile=40, overlap=8, batch=3)
+    gpu_out, stats = runner.run(image)
+    assert stats.tiles > 1
+    tol = {"safe": 1 / 255, "tlc": 2 / 255}.get(spec.tiling, 8 / 255)
+    assert float((gpu_out - cpu_out).abs().max()) <= tol
+
+
+def test_auto_tile_probe_and_channels_last() -> None:
+    spec = archs.spec("span", feature_channels=48, upscale=4)
+    model = archs.build("span", feature_channels=48, upscale=4).eval()
+    runner = Runner(model, spec, device=CUDA, dtype=torch.float16)
+    assert runner.channels_last == spec.channels_last
+    out, _ = runner.run(torch.rand(3, 300, 500))
+    assert out.shape == (3, 1200, 2000) and torch.isfinite(out).all()
+    assert runner._per_px > 0
+
+
+def test_cuda_oom_backoff() -> None:
+    class Fussy(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[-1] > 64:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return x * 1
+
+    spec = archs.ArchSpec(id="fussy", family="t", upstream_class="Fussy", tasks=("deblur",), scale=1,
+                          in_channels=3, out_channels=3, context=0)
+    runner = Runner(Fussy(), spec, device=CUDA, dtype=torch.float16, tile=128, overlap=0)
+    image = torch.rand(3, 200, 200)
+    out, stats = runner.run(image)
+    assert stats.retries == 1 and runner.tile == 64
+    assert float((out - image).abs().max()) < 1e-3
+
+
