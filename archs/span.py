@@ -1,0 +1,219 @@
+"""SPAN: Swift Parameter-free Attention Network for efficient super-resolution (CVPRW 2024, arXiv:2405.00971).
+
+Semantics follow hongyuanyu/SPAN (Apache-2.0) `basicsr/archs/span_arch.py`; keyword names, defaults and
+state-dict keys match its `SPAN` class so published checkpoints (spanx2_ch48.pth, spanx4_ch48.pth) load strictly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spec import ArchEntry, ArchSpec, StateDict
+
+
+class Conv3XC(nn.Module):
+    """Re-parameterisable 3x3 conv: 1x1 -> 3x3 -> 1x1 chain plus a 1x1 skip while training, one 3x3 in eval.
+
+    The chain sees the input zero-padded by one pixel before its first 1x1, so its bias also reaches the border,
+    exactly as the fused 3x3 with padding=1 treats it: the two forms are the same function.
+
+    Upstream recomputes `eval_conv` from the branches on every eval forward, so stored `eval_conv.*` values never
+    matter. We fuse when switching to eval (`train(False)`) and after every `load_state_dict`, which gives the same
+    outputs whatever the order of load and `.eval()`. Only direct edits of the branch weights while in eval need
+    another `.eval()` (or `fuse()`).
+    """
+
+    def __init__(self, c_in: int, c_out: int, gain: int = 2) -> None:
+        super().__init__()
+        self.sk = nn.Conv2d(c_in, c_out, 1)
+        self.conv = nn.Sequential(
+            nn.Conv2d(c_in, c_in * gain, 1),
+            nn.Conv2d(c_in * gain, c_out * gain, 3),  # no padding: the input is padded explicitly
+            nn.Conv2d(c_out * gain, c_out, 1),
+        )
+        self.eval_conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.eval_conv.weight.requires_grad_(False)
+        assert self.eval_conv.bias is not None
+        self.eval_conv.bias.requires_grad_(False)
+        self.register_load_state_dict_post_hook(_fuse_after_load)
+        self.fuse()
+
+    def fuse(self) -> None:
+        """Write the single 3x3 conv equal to conv[2] . conv[1] . conv[0] + sk into eval_conv."""
+        w1, w2, w3 = (m.weight for m in self.conv)
+        b1, b2, b3 = (m.bias for m in self.conv)
+        sk_w, sk_b = self.sk.weight, self.sk.bias
+        assert b1 is not None and b2 is not None and b3 is not None and sk_b is not None
+        # A float64 fusion keeps the fused weights at the rounding of float32 storage (float32 where the device
+        # has no float64). Outside inference mode so the result stays a normal tensor usable with autograd.
+        dt = torch.float32 if w2.device.type == "mps" else torch.float64
+        with torch.inference_mode(False), torch.no_grad():
+            a, b, c = w1.to(dt)[:, :, 0, 0], w2.to(dt), w3.to(dt)[:, :, 0, 0]
+            weight = torch.einsum("on,nmhw,mi->oihw", c, b, a)
+            mid_bias = torch.einsum("nmhw,m->n", b, b1.to(dt)) + b2.to(dt)
+            bias = c @ mid_bias + b3.to(dt)
+            weight[:, :, 1, 1] += sk_w.to(dt)[:, :, 0, 0]
+            bias = bias + sk_b.to(dt)
+            ew, eb = self.eval_conv.weight, self.eval_conv.bias
+            assert eb is not None
+            # Swap the data rather than copy into it: after load_state_dict(assign=True) the old storage may be
+            # shared with another module.
+            ew.data = weight.to(device=ew.device, dtype=ew.dtype)
+            eb.data = bias.to(device=eb.device, dtype=eb.dtype)
+
+    def train(self, mode: bool = True) -> Conv3XC:
+        super().train(mode)
+        if not mode:
+            self.fuse()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.conv(F.pad(x, (1, 1, 1, 1))) + self.sk(x)
+        return self.eval_conv(x)
+
+
+def _fuse_after_load(module: nn.Module, incompatible_keys: Any) -> None:
+    assert isinstance(module, Conv3XC)
+    module.fuse()
+
+
+class SPAB(nn.Module):
+    """Swift parameter-free attention block: three Conv3XC with SiLU between, attention sigmoid(out3) - 0.5.
+
+    Returns (out, out1, attention) like upstream. Upstream's SiLU is in place, so its `out1` is the activated
+    first conv output; we return that same activated tensor without mutating anything.
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int | None = None, out_channels: int | None = None):
+        super().__init__()
+        mid = in_channels if mid_channels is None else mid_channels
+        out = in_channels if out_channels is None else out_channels
+        self.c1_r = Conv3XC(in_channels, mid)
+        self.c2_r = Conv3XC(mid, mid)
+        self.c3_r = Conv3XC(mid, out)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out1 = F.silu(self.c1_r(x))
+        out3 = self.c3_r(F.silu(self.c2_r(out1)))
+        att = torch.sigmoid(out3) - 0.5
+        return (out3 + x) * att, out1, att
+
+
+class SPAN(nn.Module):
+    """SPAN: Conv3XC stem, six SPABs, Conv3XC, 1x1 fusion of four taps, 3x3 conv + pixel shuffle.
+
+    The input is normalised as (x - rgb_mean) * img_range; the output is not de-normalised (upstream does not,
+    and trained weights produce the [0, 1] image directly). `bias` is accepted for compatibility; upstream ignores
+    it (every conv has a bias). num_in_ch/num_out_ch are required upstream; here they default to 3.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        feature_channels: int = 48,
+        upscale: int = 4,
+        bias: bool = True,
+        img_range: float = 255.0,
+        rgb_mean: Sequence[float] = (0.4488, 0.4371, 0.4040),
+    ) -> None:
+        super().__init__()
+        if len(rgb_mean) not in (1, num_in_ch):
+            raise ValueError(f"rgb_mean has {len(rgb_mean)} values for {num_in_ch} input channels")
+        self.img_range = float(img_range)
+        # A buffer so it follows .to(device); not persistent, as upstream keeps it out of the state dict.
+        self.register_buffer("mean", torch.tensor(list(rgb_mean), dtype=torch.float32).view(1, -1, 1, 1), False)
+        fc = feature_channels
+        self.conv_1 = Conv3XC(num_in_ch, fc)
+        self.block_1 = SPAB(fc)
+        self.block_2 = SPAB(fc)
+        self.block_3 = SPAB(fc)
+        self.block_4 = SPAB(fc)
+        self.block_5 = SPAB(fc)
+        self.block_6 = SPAB(fc)
+        self.conv_cat = nn.Conv2d(fc * 4, fc, 1)
+        self.conv_2 = Conv3XC(fc, fc)
+        self.upsampler = nn.Sequential(nn.Conv2d(fc, num_out_ch * upscale**2, 3, padding=1), nn.PixelShuffle(upscale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean: torch.Tensor = self.mean  # type: ignore[assignment]
+        x = (x - mean.to(x.dtype)) * self.img_range
+        feat = self.conv_1(x)
+        b1, _, _ = self.block_1(feat)
+        b2, _, _ = self.block_2(b1)
+        b3, _, _ = self.block_3(b2)
+        b4, _, _ = self.block_4(b3)
+        b5, _, _ = self.block_5(b4)
+        b6, b6_first, _ = self.block_6(b5)
+        b6 = self.conv_2(b6)
+        return self.upsampler(self.conv_cat(torch.cat([feat, b6, b1, b6_first], dim=1)))
+
+
+# Context = receptive-field radius in input pixels along the deepest path: conv_1 (1) + 6 SPABs x 3 Conv3XC (18)
+# + conv_2 (1) + conv_cat 1x1 (0) + upsampler 3x3 (1) = 21. Every Conv3XC is an exact 3x3, so this is exact.
+_SPAN_CONTEXT = 1 + 6 * 3 + 1 + 0 + 1
+
+
+def _describe(kw: dict[str, Any]) -> ArchSpec:
+    return ArchSpec(
+        id="span",
+        family="SPAN",
+        upstream_class="SPAN",
+        tasks=("upscale",),
+        scale=int(kw["upscale"]),
+        in_channels=int(kw["num_in_ch"]),
+        out_channels=int(kw["num_out_ch"]),
+        # spandrel: supports_half=True (tested on the official models); vs-mlrt ships SPAN as fp16 TensorRT.
+        fp16=True,
+        bf16=True,
+        channels_last=True,  # 1.4-1.5x on an H200 (torch 2.11, fp16/bf16/fp32, 4x3x256x256)
+        tiling="safe",
+        context=_SPAN_CONTEXT,
+        code_license="Apache-2.0",
+    )
+
+
+def _detect(sd: StateDict) -> dict[str, Any] | None:
+    """Channels and scale from conv_1.sk and the upsampler; img_range, rgb_mean and bias are not stored.
+
+    The upsampler has num_out_ch * upscale^2 outputs; we take num_out_ch = 3 when that gives a square, else 1.
+    Input channels other than 3 are refused: upstream's 3-value mean cannot normalise them.
+    """
+    keys = ("conv_1.sk.weight", "block_1.c1_r.eval_conv.weight", "conv_2.eval_conv.weight", "conv_cat.weight")
+    if any(k not in sd for k in keys) or "upsampler.0.weight" not in sd:
+        return None
+    fc, in_ch = (int(n) for n in sd["conv_1.sk.weight"].shape[:2])
+    if in_ch != 3:
+        return None
+    up = int(sd["upsampler.0.weight"].shape[0])
+    for out_ch in (3, 1):
+        scale = math.isqrt(up // out_ch)
+        if up % out_ch == 0 and scale >= 1 and scale * scale * out_ch == up:
+            break
+    else:
+        return None
+    kwargs: dict[str, Any] = {
+        "num_in_ch": in_ch,
+        "num_out_ch": out_ch,
+        "feature_channels": fc,
+        "upscale": scale,
+        "bias": True,
+    }
+    try:
+        with torch.device("meta"):
+            model = SPAN(**kwargs)
+    except (ValueError, RuntimeError, TypeError):
+        return None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return kwargs if expected == {k: tuple(v.shape) for k, v in sd.items()} else None
+
+
+ARCHS: tuple[ArchEntry, ...] = (ArchEntry(id="span", family="SPAN", cls=SPAN, describe=_describe, detect=_detect),)
