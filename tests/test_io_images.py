@@ -243,7 +243,7 @@ def test_jpeg_quality_and_444_chroma(tmp_path: Path) -> None:
     write_image(tmp_path / "lo.jpg", pixels, fmt="jpeg", quality=40)
     assert (tmp_path / "lo.jpg").stat().st_size < (tmp_path / "hi.jpg").stat().st_size
     with PILImage.open(tmp_path / "hi.jpg") as im:
-        assert im.layer[0][1:3] == (1, 1)  # luma sampling 1x1: 4:4:4
+        assert im.layer[0][1:3] == (1, 1)  # type: ignore[attr-defined]  # luma 1x1: 4:4:4
     with pytest.raises(UsageError):
         write_image(tmp_path / "bad.jpg", pixels, fmt="jpeg", quality=0)
 
@@ -345,6 +345,17 @@ def test_tiff_planar_palette_and_associated_alpha(tmp_path: Path) -> None:
     premultiplied = np.array([[[50, 100, 0, 128]]], np.uint8)
     tifffile.imwrite(tmp_path / "assoc.tif", premultiplied, photometric="rgb", extrasamples=["assocalpha"])
     assert read_image(tmp_path / "assoc.tif").pixels.tolist() == [[[100, 199, 0, 128]]]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_cmyk_tiff_becomes_rgb(tmp_path: Path, dtype: type) -> None:
+    cmyk = random_pixels(3, 4, 4)
+    scale = 257 if dtype == np.uint16 else 1
+    tifffile.imwrite(tmp_path / "cmyk.tif", cmyk.astype(dtype) * scale, photometric="separated", metadata=None)
+    back = read_image(tmp_path / "cmyk.tif").pixels
+    assert back.dtype == dtype
+    expected = np.asarray(PILImage.frombytes("CMYK", (4, 3), cmyk.tobytes()).convert("RGB")).astype(int) * scale
+    assert np.abs(back.astype(int) - expected).max() <= scale  # Pillow rounds in 8 bits
 
 
 def test_lzw_and_packbits_tiff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -530,8 +541,8 @@ def test_all_eight_orientations(tmp_path: Path, fmt: str, orientation: int) -> N
 def test_animated_gif_webp_apng_read_first_frame(tmp_path: Path) -> None:
     frames = [PILImage.new("RGB", (4, 3), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     for name in ("anim.gif", "anim.webp", "anim.png"):
-        options = {"lossless": True} if name.endswith("webp") else {}
-        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], duration=100, loop=0, **options)
+        lossless = {"lossless": True} if name.endswith("webp") else {}
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], duration=100, loop=0, **lossless)  # type: ignore[arg-type]
         image = read_image(tmp_path / name)
         assert image.frames == 3, name
         assert image.pixels.shape[:2] == (3, 4)
@@ -668,9 +679,9 @@ def test_png_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
 def test_tiff_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     path = tmp_path / "bomb.tif"
     tifffile.imwrite(path, np.zeros((2, 2), np.uint8), metadata=None)
-    with tifffile.TiffFile(path, mode="r+b") as tf:
-        tf.pages[0].tags["ImageWidth"].overwrite(200_000)
-        tf.pages[0].tags["ImageLength"].overwrite(200_000)
+    with tifffile.TiffFile(path, mode="r+") as tf:
+        tf.pages.first.tags["ImageWidth"].overwrite(200_000)
+        tf.pages.first.tags["ImageLength"].overwrite(200_000)
     with pytest.raises(ImageError) as exc:
         read_image(path)
     assert "200000x200000" in assert_one_line_naming(exc, "bomb.tif")
@@ -715,6 +726,9 @@ def test_non_utf8_file_name(tmp_path: Path) -> None:
         read_image(tmp_path / os.fsdecode(b"bad\xe9.png"))
     assert_one_line_naming(exc, "bad\\xe9.png")
     str(exc.value).encode("utf-8")  # printable
+    raw = os.fsencode(tmp_path) + b"/raw\xfe.tif"  # bytes paths are accepted as they are
+    write_image(raw, pixels, fmt="tiff")
+    assert np.array_equal(read_image(raw).pixels, pixels)
 
 
 # --------------------------------------------------------------------------- atomic writes

@@ -363,14 +363,14 @@ def _exif_for_output(exif: bytes | None, width: int, height: int) -> bytes | Non
 # --------------------------------------------------------------------------- reading
 
 
-def read_image(path: Path | str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image:
+def read_image(path: Path | str | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image:
     """Decode the first frame of an image file, upright (EXIF/TIFF orientation applied).
 
     The format comes from the content, not the name. `max_pixels` (None or 0: no limit) is
     checked against the header before any pixel is decoded. Every failure is an ImageError
     whose one-line message names the file.
     """
-    path = Path(path)
+    path = Path(os.fsdecode(path))  # bytes names arrive surrogate-escaped, as os.listdir gives them
     show = _show(path)
     limit = _limit(max_pixels)
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # set elsewhere in the process: truncation would pass as grey
@@ -549,18 +549,18 @@ def _tiff_pixels(
 
     if photometric == PH.PALETTE:
         colormap = page.colormap  # (3, 2**bits) uint16
-        rgb = np.moveaxis(colormap[:, arr[:, :, 0]], 0, -1)
+        if colormap is None:
+            raise ImageError(f"{show}: palette TIFF without a colour map")
+        rgb16: np.ndarray = np.moveaxis(colormap[:, arr[:, :, 0]], 0, -1)
         if page.bitspersample <= 8:
-            rgb = (rgb.astype(np.uint32) * 255 + 32767) // 65535
-            return rgb.astype(np.uint8), icc
-        return rgb.astype(np.uint16), icc
+            return _to_uint8(rgb16.astype(np.uint16)), icc
+        return rgb16.astype(np.uint16), icc
     if photometric == PH.SEPARATED and arr.shape[2] >= 4:
         cmyk = arr[:, :, :4]
         if cmyk.dtype == np.uint8:
             return _cmyk_to_rgb(PILImage.fromarray(cmyk, "CMYK"), icc)
         ink = 1.0 - to_float(cmyk)
-        rgb = ink[:, :, :3] * ink[:, :, 3:4]  # Pillow's naive formula, in float
-        return from_float(rgb, cmyk.dtype), None
+        return from_float(ink[:, :, :3] * ink[:, :, 3:4], cmyk.dtype), None  # Pillow's naive formula
     if photometric in (PH.MINISBLACK, PH.MINISWHITE):
         colour = 1
     elif photometric == PH.RGB or (photometric == PH.YCBCR and page.compression == tifffile.COMPRESSION.JPEG):
@@ -594,7 +594,7 @@ def _unpremultiply(arr: np.ndarray) -> np.ndarray:
 
 
 def write_image(
-    path: Path | str,
+    path: Path | str | bytes,
     pixels: np.ndarray,
     *,
     fmt: str,
@@ -616,7 +616,7 @@ def write_image(
     The file appears complete or not at all: a temporary sibling is written, fsynced, then
     renamed over `path`. Disk-full and permission failures raise ImageError naming `path`.
     """
-    path = Path(path)
+    path = Path(os.fsdecode(path))
     show = _show(path)
     fmt = _canonical(fmt)
     if fmt not in FORMATS:
