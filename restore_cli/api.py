@@ -83,7 +83,7 @@ def resolve_weights(model: str, *, task: str | None = None, offline: bool = Fals
         raise UsageError(f"preset {preset.name} is a {preset.task} model, not {task}; see `restore models list`")
     from . import hub
 
-    weights = hub.fetch(preset.source, offline=offline)
+    weights = hub.fetch_preset(preset, offline=offline)
     return preset.name, weights, preset.arch, dict(preset.kwargs), preset
 
 

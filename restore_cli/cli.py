@@ -236,7 +236,7 @@ def models_download(names: list[str]) -> None:
     for name in names:
         p = presets.get(name)
         try:
-            path = hub.fetch(p.source, offline=False, progress=True)
+            path = hub.fetch_preset(p, offline=False, progress=True)
             out.print(f"{name}: {path}")
         except RestoreError as e:
             err.print(f"[red]{name}[/red]: {e}", soft_wrap=True)
@@ -259,7 +259,9 @@ def models_remove(names: list[str]) -> None:
 def main() -> None:
     """Console entry point: user errors become one line and an exit code, never a traceback."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, click hands back the code of typer.Exit instead of raising it.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except RestoreError as e:
         err.print(f"[red]error:[/red] {e}", soft_wrap=True)
         sys.exit(e.exit_code)

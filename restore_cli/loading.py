@@ -39,12 +39,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses globals outside torch's allow-list: the file wants to run code.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"{path}: refused to load, the pickle asks for code outside the safe allow-list "
-                           f"({first[:160]})") from None
+                           f"({_first_line(e)})") from None
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise WeightsError(f"{path}: not a readable weights file ({str(e).splitlines()[0][:160]})") from None
+        raise WeightsError(f"{path}: not a readable weights file ({_first_line(e)})") from None
     return canonicalize(raw, where=str(path))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def canonicalize(raw: Any, *, where: str = "state dict") -> dict[str, torch.Tensor]:

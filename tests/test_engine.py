@@ -45,7 +45,9 @@ def test_plan_covers_image_with_equal_tiles(h: int, w: int, tile: int, overlap: 
     assert plan.ys[0] == 0 and plan.ys[-1] + plan.tile_h == h
     assert plan.xs[0] == 0 and plan.xs[-1] + plan.tile_w == w
     assert plan.window_h % 8 == 0 and plan.window_w % 8 == 0
-    assert plan.window_h >= plan.tile_h + 12 or plan.count == 1
+    # Each axis is either tiled with the full context or not tiled at all (padded as a whole-image run).
+    assert plan.window_h >= plan.tile_h + 12 or plan.tile_h == h
+    assert plan.window_w >= plan.tile_w + 12 or plan.tile_w == w
     for _, _, y, x in plan.positions():
         wy, wx = plan.window_origin(y, x)
         assert wy <= y and y + plan.tile_h <= wy + plan.window_h and wx <= x and x + plan.tile_w <= wx + plan.window_w

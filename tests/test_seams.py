@@ -66,11 +66,13 @@ def test_tiled_matches_whole(path: Path) -> None:
     model, spec = _load(path)
     if spec.tiling not in TOLERANCE:
         pytest.skip(f"{spec.id} is tiled with large tiles only ({spec.tiling}); see test_global_archs_prefer_whole")
-    h, w = (150, 130) if spec.scale == 1 else (70, 58)
+    tiles = (40, 53)
+    # Large enough that every tile size really tiles (window = tile + 2 * context fits twice), odd sizes on purpose.
+    h, w = 2 * max(tiles) + 2 * spec.context + 9, 2 * max(tiles) + 2 * spec.context - 5
     image = smooth_image(h, w)
     cpu = torch.device("cpu")
     whole, _ = Runner(model, spec, device=cpu, dtype=torch.float32, tile=0).run(image)
-    for tile in (48, 61):
+    for tile in tiles:
         runner = Runner(model, spec, device=cpu, dtype=torch.float32, tile=tile, overlap=12, batch=2)
         tiled, stats = runner.run(image)
         assert stats.tiles > 1

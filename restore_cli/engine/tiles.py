@@ -63,25 +63,43 @@ class TilePlan:
         return (0, pw - self.width, 0, ph - self.height)
 
     def window_origin(self, y: int, x: int) -> tuple[int, int]:
-        """Top-left of the window around the core at (y, x): centred, shifted to stay inside the padded image."""
+        """Top-left of the window around the core at (y, x): on the arch's grid, inside the padded image.
+
+        The origin snaps to a multiple of `multiple_of`: U-Nets downsample by that factor, and a window off the grid
+        would sample every strided layer at another phase than the whole-image run does.
+        """
         ph, pw = self.padded_size
-        return (min(max(y - self.margin, 0), ph - self.window_h), min(max(x - self.margin, 0), pw - self.window_w))
+        m = self.multiple_of
+        oy = min(max((y - self.margin) // m * m, 0), ph - self.window_h)
+        ox = min(max((x - self.margin) // m * m, 0), pw - self.window_w)
+        return oy, ox
 
     def positions(self) -> list[tuple[int, int, int, int]]:
         """(row index, col index, core y, core x) in raster order."""
         return [(i, j, y, x) for i, y in enumerate(self.ys) for j, x in enumerate(self.xs)]
 
 
+def _axis(length: int, tile: int, margin: int, multiple_of: int, min_size: int) -> tuple[int, int]:
+    """(core, window) along one axis. Where a window would not fit inside the (multiple-padded) image, the axis is
+    not tiled: the core is the whole axis, padded exactly as a whole-image run pads it."""
+    whole = max(round_up(length, multiple_of), round_up(min_size, multiple_of))
+    if tile <= 0 or tile >= length:
+        return length, whole
+    # Room for the origin to snap down to the grid (see window_origin) without eating into the context.
+    window = max(round_up(tile + 2 * margin + multiple_of - 1, multiple_of), round_up(min_size, multiple_of))
+    if window >= whole:
+        return length, whole
+    return tile, window
+
+
 def plan_tiles(height: int, width: int, *, tile: int, overlap: int, margin: int, multiple_of: int = 1,
                scale: int = 1, min_size: int = 1) -> TilePlan:
-    """Plan tiles for an image; tile <= 0 means one tile covering the whole image (with no context margin)."""
-    if tile <= 0 or (tile >= height and tile >= width):
-        tile_h, tile_w, margin = height, width, 0
-    else:
-        tile_h, tile_w = min(tile, height), min(tile, width)
+    """Plan tiles for an image; tile <= 0 means one tile covering the whole image."""
+    tile_h, window_h = _axis(height, tile, margin, multiple_of, min_size)
+    tile_w, window_w = _axis(width, tile, margin, multiple_of, min_size)
+    if tile_h == height and tile_w == width:
+        margin = 0
     overlap = max(0, min(overlap, tile_h - 1, tile_w - 1))
-    window_h = max(round_up(tile_h + 2 * margin, multiple_of), round_up(min_size, multiple_of))
-    window_w = max(round_up(tile_w + 2 * margin, multiple_of), round_up(min_size, multiple_of))
     return TilePlan(height, width, scale, tile_h, tile_w, margin, window_h, window_w,
                     tuple(_starts(height, tile_h, overlap)), tuple(_starts(width, tile_w, overlap)), multiple_of)
 
