@@ -339,6 +339,7 @@ def export_fp16(model: nn.Module, path: Path, metadata: dict[str, str], probe_si
         sd[k] = v.contiguous().cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save(sd, path, metadata)
+    path.chmod(0o644)
     return sha256_file(path)
 
 
@@ -617,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--no-prefetch", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any TrainConfig field (VALUE as JSON, else a string), e.g. --set val_crop=64")
     args = ap.parse_args(argv)
     changes: dict[str, Any] = {"out_dir": args.out}
     for key, val in (("train_dir", args.train_dir), ("export", args.export), ("minutes", args.minutes),
@@ -626,6 +629,15 @@ def main(argv: list[str] | None = None) -> int:
             changes[key] = val
     if args.no_prefetch:
         changes["prefetch"] = False
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            ap.error(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        try:
+            changes[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[key] = raw
     cfg = configs.get(args.preset).replace(**changes)
     command = "python -m restore_cli.training.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     train(cfg, command=command)
