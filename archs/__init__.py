@@ -11,7 +11,11 @@ from torch import nn
 
 from .spec import ArchEntry, ArchSpec, StateDict, Task, TilingHint
 
-_FAMILY_MODULES: list[str] = ["nafnet", "ufpnet", "plksr", "span"]
+# Detection order. Each module defines ARCHS, a tuple of ArchEntry.
+_FAMILY_MODULES: list[str] = [
+    "nafnet", "ufpnet", "plksr", "span",
+    "camixersr", "spanc", "promptir", "moceir", "sfhformer", "gfisrv2", "rha", "hifacegan", "adarevid",
+]
 
 _ENTRIES: dict[str, ArchEntry] = {}
 _ALIASES: dict[str, str] = {}
@@ -30,7 +34,13 @@ def _load_families() -> None:
     import importlib
 
     for mod_name in _FAMILY_MODULES:
-        mod = importlib.import_module(f"{__name__}.{mod_name}")
+        try:
+            mod = importlib.import_module(f"{__name__}.{mod_name}")
+        except ModuleNotFoundError as e:
+            # A family still being written is absent; tests/test_registry.py insists every listed one exists.
+            if e.name == f"{__name__}.{mod_name}":
+                continue
+            raise
         for entry in mod.ARCHS:
             _register(entry)
 
