@@ -20,6 +20,7 @@ from archs import ArchSpec
 from . import loading, presets
 from .engine.runner import Runner, RunStats, pick_device, pick_dtype
 from .errors import RestoreError, UsageError
+from .io.images import from_float, to_float
 
 TileArg = int | str  # "auto", 0 (whole image) or a core size in pixels
 
@@ -110,25 +111,6 @@ def load_model(model: str | None = None, *, task: str | None = None, device: str
 
 
 # -- pixels ------------------------------------------------------------------------------------------------------
-def _to_unit_float(array: np.ndarray) -> np.ndarray:
-    """Scale by dtype, never by value: a dark 16-bit image stays 16-bit."""
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    if array.dtype in (np.float32, np.float64, np.float16):
-        return array.astype(np.float32)
-    raise RestoreError(f"unsupported pixel type {array.dtype}")
-
-
-def _from_unit_float(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype == np.uint8:
-        return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-    if dtype == np.uint16:
-        return np.clip(np.rint(arr * 65535.0), 0, 65535).astype(np.uint16)
-    return arr.astype(dtype)
-
-
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -179,8 +161,10 @@ def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None
         model.runner.overlap = overlap
     if batch is not None:
         model.runner.batch = max(1, batch)
+    if array.dtype not in (np.uint8, np.uint16, np.float32, np.float64, np.float16):
+        raise RestoreError(f"unsupported pixel type {array.dtype}")
     squeeze = array.ndim == 2
-    img = _to_unit_float(array[..., None] if squeeze else array)
+    img = to_float(array[..., None] if squeeze else array)
     channels = img.shape[2]
     if channels not in (1, 2, 3, 4):
         raise RestoreError(f"unsupported channel count {channels}")
@@ -199,7 +183,5 @@ def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None
             alpha_out = np.clip(_resize(alpha, s) if s != 1 else alpha, 0.0, 1.0)
             out = np.where(alpha_out > 1e-6, out / np.maximum(alpha_out, 1e-6), 0.0)
         out = np.concatenate([out, alpha_out], axis=2)
-    if array.dtype != np.float32:
-        out = np.clip(out, 0.0, 1.0)
-    result = _from_unit_float(out.astype(np.float32), array.dtype)
+    result = from_float(out.astype(np.float32), array.dtype if array.dtype in (np.uint8, np.uint16) else np.float32)
     return (result[..., 0] if squeeze else result), stats

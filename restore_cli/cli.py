@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import api, batch, presets
-from .errors import RestoreError, UsageError
+from .errors import InterruptError, RestoreError, UsageError
 from .report import FileRecord, Reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -45,12 +46,38 @@ QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality
 SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output already exists.")]
 StripOpt = Annotated[bool, typer.Option("--strip-metadata", help="Do not copy ICC profile and EXIF.")]
 MaxPxOpt = Annotated[int | None, typer.Option("--max-pixels", help="Refuse larger images (0: no limit).")]
+CompareOpt = Annotated[bool, typer.Option("--compare", help="Also write a before/after picture next to each output.")]
+
+
+class _GracefulStop:
+    """First Ctrl-C: finish the tile in flight, clean up, summarise. Second Ctrl-C: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        err.print("[yellow]stopping after the current tile (Ctrl-C again to stop now)[/yellow]")
+
+    def __enter__(self) -> _GracefulStop:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread (e.g. embedded): keep the default behaviour
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str | None, tile: str, overlap: int,
               batch_size: int, precision: str, device: str, fmt: str | None, suffix: str, recursive: bool,
               json_path: Path | None, quiet: bool, offline: bool, quality: int, skip_existing: bool,
-              strip_metadata: bool, max_pixels: int | None) -> int:
+              strip_metadata: bool, max_pixels: int | None, compare: bool = False) -> int:
     from .io import images
 
     if fmt is not None and fmt.lower() not in FORMATS:
@@ -71,14 +98,17 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
                         console=err, transient=True, disable=quiet or len(jobs) < 2)
     reporter = Reporter(quiet=quiet, console=progress.console)
     interrupted = False
-    with progress:
+    with progress, _GracefulStop() as stop:
+        loaded.runner.should_stop = lambda: stop.requested
         bar = progress.add_task("restoring", total=len(jobs))
         for job in jobs:
             try:
+                if stop.requested:
+                    raise InterruptError("interrupted")
                 reporter.add(_one(job, loaded, images, fmt=fmt, suffix=suffix, quality=quality,
                                   skip_existing=skip_existing, strip=strip_metadata, max_pixels=limit,
-                                  inputs=inputs_resolved))
-            except KeyboardInterrupt:
+                                  inputs=inputs_resolved, compare=compare))
+            except (KeyboardInterrupt, InterruptError):
                 interrupted = True
                 break
             progress.advance(bar)
@@ -94,7 +124,8 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
 
 
 def _one(job: batch.Job, loaded: api.LoadedModel, images: Any, *, fmt: str | None, suffix: str, quality: int,
-         skip_existing: bool, strip: bool, max_pixels: int | None, inputs: set[Path]) -> FileRecord:
+         skip_existing: bool, strip: bool, max_pixels: int | None, inputs: set[Path],
+         compare: bool = False) -> FileRecord:
     rec = FileRecord(input=str(job.source), output=None, status="failed")
     try:
         t = time.perf_counter()
@@ -112,13 +143,20 @@ def _one(job: batch.Job, loaded: api.LoadedModel, images: Any, *, fmt: str | Non
         rec.size_in = (w, h)
         result, stats = api.restore_image(loaded, img.pixels)
         rec.infer_ms = stats.infer_s * 1000
-        rec.tile, rec.tiles, rec.notes = stats.tile, stats.tiles, stats.notes
+        rec.tile, rec.tiles, rec.notes, rec.model_info = stats.tile, stats.tiles, stats.notes, stats.model_info
         rec.size_out = (result.shape[1], result.shape[0])
         t = time.perf_counter()
         dest.parent.mkdir(parents=True, exist_ok=True)
         images.write_image(dest, result, fmt=out_fmt, like=img, quality=quality, strip_metadata=strip)
         rec.encode_ms = (time.perf_counter() - t) * 1000
+        if compare:
+            side = dest.with_name(f"{dest.stem}_compare{dest.suffix}")
+            images.write_image(side, side_by_side(img.pixels, result), fmt=out_fmt, like=img, quality=quality,
+                               strip_metadata=strip)
+            rec.compare = str(side)
         rec.status = "ok"
+    except InterruptError:
+        raise
     except RestoreError as e:
         rec.error = str(e)
     except MemoryError:
@@ -128,6 +166,25 @@ def _one(job: batch.Job, loaded: api.LoadedModel, images: Any, *, fmt: str | Non
     return rec
 
 
+def side_by_side(before: Any, after: Any) -> Any:
+    """Input (nearest-neighbour enlarged to the output size, so SR shows its pixels) | output, 8 px gap."""
+    import cv2
+    import numpy as np
+
+    from .io.images import from_float, to_float
+
+    b = before[..., None] if before.ndim == 2 else before
+    a = after[..., None] if after.ndim == 2 else after
+    h, w = a.shape[:2]
+    if b.shape[:2] != (h, w):
+        b = cv2.resize(b, (w, h), interpolation=cv2.INTER_NEAREST).reshape(h, w, b.shape[2])
+    b = from_float(to_float(b), a.dtype)
+    gap = np.zeros((h, 8, a.shape[2]), dtype=a.dtype)
+    if a.shape[2] in (2, 4):
+        gap[..., -1] = np.iinfo(a.dtype).max if a.dtype != np.float32 else 1.0
+    return np.concatenate([b, gap, a], axis=1)
+
+
 def _task_command(task: str, help_text: str) -> Any:
     def command(inputs: Inputs, output: Output = None, model: ModelOpt = None, tile: TileOpt = "auto",
                 overlap: OverlapOpt = 16, batch_size: Annotated[int, typer.Option("--batch", min=1,
@@ -135,11 +192,12 @@ def _task_command(task: str, help_text: str) -> Any:
                 fmt: FormatOpt = None, suffix: SuffixOpt = "", recursive: RecursiveOpt = False,
                 json_path: JsonOpt = None, quiet: QuietOpt = False, offline: OfflineOpt = False,
                 quality: QualityOpt = 95, skip_existing: SkipOpt = False, strip_metadata: StripOpt = False,
-                max_pixels: MaxPxOpt = None) -> None:
+                max_pixels: MaxPxOpt = None, compare: CompareOpt = False) -> None:
         code = _run_task(task, inputs, output=output, model=model, tile=tile, overlap=overlap,
                          batch_size=batch_size, precision=precision, device=device, fmt=fmt, suffix=suffix,
                          recursive=recursive, json_path=json_path, quiet=quiet, offline=offline, quality=quality,
-                         skip_existing=skip_existing, strip_metadata=strip_metadata, max_pixels=max_pixels)
+                         skip_existing=skip_existing, strip_metadata=strip_metadata, max_pixels=max_pixels,
+                         compare=compare)
         raise typer.Exit(code)
 
     command.__doc__ = help_text

@@ -21,3 +21,9 @@ class WeightsError(RestoreError):
 
 class ImageError(RestoreError):
     """An input that cannot be decoded, or an output that cannot be written."""
+
+
+class InterruptError(RestoreError):
+    """The user asked to stop (Ctrl-C); raised between tiles so nothing is left half-done (exit code 130)."""
+
+    exit_code = 130

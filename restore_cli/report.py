@@ -27,6 +27,8 @@ class FileRecord:
     tile: int | None = None
     tiles: int | None = None
     notes: list[str] = field(default_factory=list)
+    compare: str | None = None  # side-by-side picture, with --compare
+    model_info: list[dict[str, Any]] = field(default_factory=list)  # per forward, from models that report
 
     @property
     def megapixels_per_s(self) -> float:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,28 +11,7 @@ import torch
 from PIL import Image as PILImage
 from safetensors.torch import save_file
 
-import archs
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def restore(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "restore_cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
-
-
-def no_traceback(p: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout, p.stderr
-
-
-@pytest.fixture(scope="module")
-def span_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = archs.build("SPAN", feature_channels=8, upscale=2)
-    path = tmp_path_factory.mktemp("w") / "tiny_span_x2.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
+from tests.conftest import no_traceback, restore
 
 
 @pytest.fixture()

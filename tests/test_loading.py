@@ -103,7 +103,7 @@ def test_detection_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(WeightsError, match="no known architecture"):
         loading.detect_arch(_small_sd(), where="w.pth")
     monkeypatch.setattr(archs, "detect", lambda sd: [("nafnet", {}), ("span", {})])
-    with pytest.raises(WeightsError, match="ambiguous.*nafnet, span"):
+    with pytest.raises(WeightsError, match=r"ambiguous.*nafnet, span"):
         loading.detect_arch(_small_sd(), where="w.pth")
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from archs import ArchSpec
 
-from ..errors import RestoreError, UsageError
+from ..errors import InterruptError, RestoreError, UsageError
 from .tiles import TilePlan, blend_weights, pad_reflect, plan_tiles, round_up
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -71,6 +71,8 @@ class RunStats:
     retries: int = 0
     infer_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # What the model reported about each forward (e.g. AdaRevID's exit, MoCE-IR's experts), one entry per batch.
+    model_info: list[dict] = field(default_factory=list)
 
 
 class Runner:
@@ -93,6 +95,8 @@ class Runner:
             self.model = self.model.to(memory_format=torch.channels_last)
         # None: choose per image (auto); 0: whole image; N: fixed core size. OOM back-off lowers it for the run.
         self.tile = tile
+        # Polled between batches of tiles: a graceful Ctrl-C stops after the tile in flight.
+        self.should_stop: Callable[[], bool] = lambda: False
 
     # -- tile size -------------------------------------------------------------------------------------------
     def _auto_tile(self, height: int, width: int) -> int:
@@ -138,7 +142,7 @@ class Runner:
             plan = plan_tiles(height, width, tile=tile, overlap=self.overlap, margin=self.margin,
                               multiple_of=self.spec.multiple_of, scale=self.spec.scale, min_size=self.spec.min_size)
             try:
-                out = self._run_plan(image, plan)
+                out = self._run_plan(image, plan, stats)
                 break
             except Exception as e:
                 if not _is_oom(e):
@@ -157,7 +161,7 @@ class Runner:
         stats.infer_s = time.perf_counter() - start
         return out, stats
 
-    def _run_plan(self, image: torch.Tensor, plan: TilePlan) -> torch.Tensor:
+    def _run_plan(self, image: torch.Tensor, plan: TilePlan, stats: RunStats) -> torch.Tensor:
         s = plan.scale
         c_out = self.spec.out_channels
         padded = pad_reflect(image[None], *plan.pad)[0]
@@ -172,6 +176,8 @@ class Runner:
         positions = plan.positions()
         with torch.inference_mode():
             for b in range(0, len(positions), self.batch):
+                if self.should_stop():
+                    raise InterruptError("interrupted")
                 chunk = positions[b:b + self.batch]
                 origins = [plan.window_origin(y, x) for _, _, y, x in chunk]
                 windows = torch.stack([padded[:, wy:wy + plan.window_h, wx:wx + plan.window_w] for wy, wx in origins])
@@ -179,6 +185,9 @@ class Runner:
                     windows = windows.pin_memory()
                 x_dev = self._to_format(windows.to(self.device, dtype=self.dtype, non_blocking=True))
                 y_dev = self.call(self.model, x_dev)
+                info = getattr(self.model, "last_info", None)
+                if info:
+                    stats.model_info.append(dict(info))
                 if y_dev.shape[-2:] != (plan.window_h * s, plan.window_w * s):
                     raise RestoreError(f"{self.spec.id} returned {tuple(y_dev.shape[-2:])} for a "
                                        f"{plan.window_h}x{plan.window_w} tile, expected scale {s}")
