@@ -219,11 +219,13 @@ def _score_one(
     quantize: bool, save_dir: Path | None,
 ) -> ImageResult:
     out, dt = _run(restore_fn, lq, gt.shape)
-    base = bicubic_upscale(lq, scale) if scale > 1 else np.clip(lq, 0, 1)
-    if quantize:
-        out, base = _quantize(out), _quantize(base)
-    else:
-        out = np.clip(out, 0, 1)
+    out = _quantize(out) if quantize else np.clip(out, 0, 1)
+    # the input is scored as given (noise25_raw stays unclipped, as in the literature); the SR baseline is an
+    # output like the model's, so it is treated like one
+    base = lq
+    if scale > 1:
+        base = bicubic_upscale(lq, scale)
+        base = _quantize(base) if quantize else base
     if save_dir is not None:
         stem = Path(name).stem
         write_png(save_dir / f"{stem}_input.png", lq)

@@ -186,6 +186,18 @@ def test_ufpnet_kernel_loss_trains_the_estimator() -> None:
     assert len(groups) == 2
 
 
+def test_span_starts_at_the_output_scale_with_upstream_kwargs() -> None:
+    archs = pytest.importorskip("archs")
+    torch.manual_seed(0)
+    model = archs.build("span", feature_channels=8, upscale=2).train()
+    x = torch.rand(1, 3, 16, 16)
+    before = model(x).abs().mean()
+    tr.prepare_for_training(model)
+    after = model(x).abs().mean()
+    assert before > 1 and after < 0.2  # input is multiplied by img_range=255 and never divided back
+    assert model.arch_kwargs["img_range"] == 255.0
+
+
 # --------------------------------------------------------------------------------------------------- evaluate
 
 

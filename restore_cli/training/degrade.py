@@ -262,7 +262,7 @@ def jpeg(x: Tensor, quality: np.ndarray | Sequence[int] | int, *, threads: int =
         results = [_jpeg_one(u8[i], int(q[i])) for i in todo]
     for i, r in zip(todo, results, strict=True):
         u8[i] = r
-    out = torch.from_numpy(u8).to(x.device, non_blocking=True).permute(0, 3, 1, 2)
+    out = torch.from_numpy(u8).to(x.device).permute(0, 3, 1, 2)
     return out.to(x.dtype) / 255.0
 
 

@@ -193,6 +193,24 @@ def default_build(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     return archs.build(arch, **kwargs)
 
 
+@torch.no_grad()
+def prepare_for_training(model: nn.Module) -> None:
+    """Architecture-specific initialisation that keeps the architecture and its kwargs upstream's.
+
+    SPAN multiplies its input by img_range (255) and never divides its output back, so at the default init its
+    output is ~255x too large and short runs spend their first thousand steps shrinking it (on a CPU check: 19 dB
+    vs 25 dB validation PSNR after 400 steps at x4). Scaling the final conv by 1 / img_range starts it at the right
+    magnitude.
+    """
+    img_range = getattr(model, "img_range", None)
+    upsampler = getattr(model, "upsampler", None)
+    if img_range and isinstance(upsampler, nn.Sequential) and isinstance(upsampler[0], nn.Conv2d):
+        conv = upsampler[0]
+        conv.weight.mul_(1.0 / float(img_range))
+        if conv.bias is not None:
+            conv.bias.mul_(1.0 / float(img_range))
+
+
 def image_output(out: Any) -> torch.Tensor:
     # UFPNet-style models may return [kernel, image]
     return out[-1] if isinstance(out, list | tuple) else out
@@ -393,7 +411,9 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
         train_paths, val_paths = split_images(Path(cfg.train_dir), cfg.val_images)
         bank = ImageBank(train_paths, device, cfg.crop + 2 * cfg.margin)
         val_lq, val_gt = validation_set(val_paths, cfg, device) if val_paths else (None, None)
-        model = (build_fn or default_build)(cfg.arch, dict(cfg.arch_kwargs)).to(device)
+        model = (build_fn or default_build)(cfg.arch, dict(cfg.arch_kwargs))
+        prepare_for_training(model)
+        model = model.to(device)
         n_params = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
         log.event("start", f"{cfg.arch} {json.dumps(cfg.arch_kwargs)}: {n_params / 1e6:.3f} M params "
                   f"({n_params * 2 / 2**20:.2f} MiB fp16), {len(bank)} train images ({bank.skipped} too small), "
@@ -420,7 +440,7 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
             net = ema.model if ema is not None else model
             net.eval()
             outs = []
-            with torch.no_grad(), autocast():
+            with torch.no_grad():  # float32: the number should reflect the weights, not bf16 rounding
                 for i in range(val_lq.shape[0]):  # one at a time: UFPNet's kernel map is large
                     outs.append(image_output(net(val_lq[i : i + 1])).float().clamp(0, 1))
             model.train()
@@ -459,7 +479,8 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
                 if cfg.fft_weight:
                     loss = loss + cfg.fft_weight * spectrum_l1(out, gt)
                 if cfg.kernel_weight and hasattr(model, "kernel_extra"):
-                    loss = loss + cfg.kernel_weight * kernel_reblur_loss(model, lq, gt, kernel_gen)
+                    n = cfg.kernel_samples
+                    loss = loss + cfg.kernel_weight * kernel_reblur_loss(model, lq[:n], gt[:n], kernel_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             # clipped per group: the kernel estimator's loss must not scale down the restoration net's step

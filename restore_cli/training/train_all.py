@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("train_dir")
     ap.add_argument("out_dir")
     ap.add_argument("--minutes", type=float, default=7.5, help="training budget per run (they run concurrently)")
-    ap.add_argument("--presets", nargs="+", default=list(configs.PRESETS), choices=list(configs.PRESETS))
+    ap.add_argument("--presets", nargs="+", default=list(configs.BUNDLED), choices=list(configs.PRESETS))
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per run (default cores / runs)")
     ap.add_argument("--eval-dir", default=None, help="clean validation images (Kodak24) to score the exports on")
     ap.add_argument("--seed", type=int, default=None)
