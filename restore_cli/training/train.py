@@ -464,6 +464,7 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
         t_window = time.time()
         calib = _Calibrator(cfg, t_start, deadline) if cfg.minutes else None
         last_grad = float("nan")
+        bad_steps = 0
         while it < total:
             if stop.flag or time.time() >= deadline:
                 log.event("stop", f"stopping at it {it}: {stop.reason or 'time budget'}", it=it,
@@ -485,6 +486,14 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
             loss.backward()
             # clipped per group: the kernel estimator's loss must not scale down the restoration net's step
             grad = sum(torch.nn.utils.clip_grad_norm_(g, cfg.grad_clip) for g in clip_groups)
+            if not bool(torch.isfinite(torch.as_tensor(grad))):
+                # one bad batch (e.g. a bf16 overflow) must not poison the weights and the EMA
+                bad_steps += 1
+                log.event("skip", f"non-finite gradient at it {it}: step skipped ({bad_steps} in a row)", it=it)
+                if bad_steps >= 20:
+                    raise FloatingPointError(f"non-finite gradients for {bad_steps} steps in a row at it {it}")
+                continue
+            bad_steps = 0
             opt.step()
             if ema is not None:
                 ema.update(model, it)
