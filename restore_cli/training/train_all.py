@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     term_at = t0 + args.minutes * 60 + 45
     kill_at = term_at + 30
     termed: set[str] = set()
+    killed: set[str] = set()
 
     def forward(signum: int, frame: Any) -> None:
         # stopped from outside: let every run stop cleanly and export what it has
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, p in procs.items():
             if p.poll() is not None:
                 continue
-            if now >= kill_at:
+            if now >= kill_at and name not in killed:
+                killed.add(name)
                 log.line(f"== {name}: still running after SIGTERM, SIGKILL")
                 p.kill()
             elif now >= term_at and name not in termed:
