@@ -6,6 +6,7 @@ under which licence it may be used.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -56,7 +57,9 @@ class Preset:
 
 
 def weights_toml_path() -> Path:
-    return PACKAGE_DIR / "weights.toml"
+    """The package's weights.toml, or the file named by RESTORE_PRESETS (your own presets)."""
+    override = os.environ.get("RESTORE_PRESETS")
+    return Path(override).expanduser() if override else PACKAGE_DIR / "weights.toml"
 
 
 def _parse_source(name: str, raw: dict[str, Any]) -> Source:
@@ -76,8 +79,11 @@ def _parse_source(name: str, raw: dict[str, Any]) -> Source:
 
 @lru_cache(maxsize=4)
 def _load(path: Path) -> tuple[dict[str, Preset], dict[str, str]]:
-    with path.open("rb") as f:
-        data = tomllib.load(f)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"{path}: cannot read presets ({e})") from None
     presets: dict[str, Preset] = {}
     for name, raw in data.get("presets", {}).items():
         presets[name] = Preset(
