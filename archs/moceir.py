@@ -514,9 +514,9 @@ class MoCEIR(nn.Module):
 
     def _record(self) -> None:
         choices = [m.last_experts for _, m in self._adapters]
-        if self.training:
-            losses = [m.loss for _, m in self._adapters if m.loss is not None]
-            self.total_loss = torch.stack(losses).sum() / len(losses) if losses else None
+        losses = [m.loss for _, m in self._adapters if m.loss is not None] if self.training else []
+        # mean over decoder blocks, as upstream; None after an eval forward (upstream: 0)
+        self.total_loss = torch.stack(losses).sum() / len(losses) if losses else None
         if not choices or any(c is None for c in choices):
             return
         per_block = [c.tolist() for c in choices if c is not None]  # [block][image][k]
