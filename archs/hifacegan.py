@@ -257,6 +257,17 @@ class HiFaceGAN(nn.Module):
         return (y + 1) / 2 if self.signed_io else y
 
 
+def from_face_renovation(sd: StateDict) -> dict[str, torch.Tensor]:
+    """Keys of a Lotayou/Face-Renovation `LIPSPADEGenerator` checkpoint (netG=lipspade) renamed to BasicSR's.
+
+    The original names the middle blocks `G_middle_0/1`; everything else (fc, head_0, ups, to_rgbs, lip_encoder,
+    spectral-norm and SyncBatchNorm running-stat keys) already matches HiFaceGAN(norm_g="spectralspadebatch3x3").
+    Those checkpoints were trained on [-1, 1] images: set `model.signed_io = True`. Not verified against the
+    released files (BaiduNetDisk/YandexDisk only), only against the original code.
+    """
+    return {("g_middle_" + k[len("G_middle_"):] if k.startswith("G_middle_") else k): v for k, v in sd.items()}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # descriptor
 

@@ -199,3 +199,14 @@ def test_bf16_runs() -> None:
         out = model.to(torch.bfloat16)(x.bfloat16()).float()
     assert torch.isfinite(out).all()
     assert _rel(out, ref) < 0.15  # random weights amplify rounding; see the report for fp16/bf16 numbers
+
+
+def test_face_renovation_key_names() -> None:
+    from archs.hifacegan import from_face_renovation
+
+    with torch.device("meta"):
+        sd = dict(archs.build("HiFaceGAN", num_feat=2, norm_g="spectralspadebatch3x3").state_dict())
+    original = {k.replace("g_middle_", "G_middle_"): v for k, v in sd.items()}
+    assert archs.detect(original) == []
+    assert list(from_face_renovation(original)) == list(sd)
+    assert [n for n, _ in archs.detect(from_face_renovation(original))] == ["hifacegan"]
