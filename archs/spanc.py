@@ -19,7 +19,7 @@ from .span import Conv3XC
 from .spec import ArchEntry, ArchSpec, StateDict
 
 
-def _derived(*params: nn.Parameter) -> None:
+def _derived(*params: torch.Tensor) -> None:
     # Fused eval weights are recomputed from the branches; the optimiser must not train them.
     for p in params:
         p.requires_grad_(False)
@@ -290,10 +290,12 @@ class SpanC(nn.Module):
         self.register_buffer("MetaIGConv", torch.tensor(scales, dtype=torch.uint8))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # Upstream overwrites the incoming MetaIGConv with its own. torch hands us a copy of the caller's dict.
+        # Upstream overwrites the incoming MetaIGConv with its own value. torch hands us a copy of the caller's
+        # dict. A fresh tensor (not our buffer) so that load(assign=True) into a meta-built model gets real data.
         key = prefix + "MetaIGConv"
         if key in state_dict:
-            state_dict[key] = self.MetaIGConv
+            device = state_dict[key].device
+            state_dict[key] = torch.tensor(self.scale_list, dtype=torch.uint8, device=device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:
@@ -384,8 +386,6 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
         with torch.device("meta"):
             model = SpanC(**kwargs)
     except (ValueError, RuntimeError, TypeError):
-        return None
-    if list(model.MetaIGConv.shape) != list(meta.shape):  # duplicates in a hand-made buffer
         return None
     return kwargs if _shapes(model.state_dict()) == _shapes(sd) else None
 
