@@ -137,17 +137,21 @@ class _CodeTail(nn.Module):
 
 
 class code_extra_mean_var(nn.Module):  # noqa: N801 - upstream name
-    """Two-level U-Net (hard-wired 3 input channels, widths 64/128/256) predicting the kernel code and sigma."""
+    """Two-level U-Net (3 input channels, widths w/2w/4w) predicting the kernel code and sigma.
 
-    def __init__(self, kernel_size: int) -> None:
+    Upstream hard-wires w = 64 (5.6 M parameters whatever the deblurring width); `width` is our addition so that
+    small models (the bundled ufpnet-s) keep the kernel estimator at a proportionate size.
+    """
+
+    def __init__(self, kernel_size: int, width: int = 64) -> None:
         super().__init__()
         self.kernel_size = kernel_size
-        self.Encoding_Block1 = _EncodingBlock(3, 64)
-        self.Encoding_Block2 = _EncodingBlock(64, 128)
-        self.Conv_mid = _ConvMid(128, 256)
-        self.Decoding_Block1 = _DecodingBlock(256, 128)
-        self.Decoding_Block2 = _DecodingBlock(128, 64)
-        self.Conv_tail = _CodeTail(64, kernel_size * kernel_size)
+        self.Encoding_Block1 = _EncodingBlock(3, width)
+        self.Encoding_Block2 = _EncodingBlock(width, 2 * width)
+        self.Conv_mid = _ConvMid(2 * width, 4 * width)
+        self.Decoding_Block1 = _DecodingBlock(4 * width, 2 * width)
+        self.Decoding_Block2 = _DecodingBlock(2 * width, width)
+        self.Conv_tail = _CodeTail(width, kernel_size * kernel_size)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, skip1 = self.Encoding_Block1(x)
@@ -298,7 +302,8 @@ class UFPNet_code_uncertainty(nn.Module):  # noqa: N801 - upstream name
     """UFPNet deblurring network. Encoder levels with exactly one block use `NAFBlock_kernel`, others NAFBlocks.
 
     `img_channel` must be 3 and `kernel_size` 19: the kernel estimator takes RGB and the flow prior is built for
-    19x19 kernels, so upstream accepts other values but cannot run them.
+    19x19 kernels, so upstream accepts other values but cannot run them. `estimator_width` (not upstream; default
+    64 = upstream) sets the kernel estimator's width.
     """
 
     def __init__(
@@ -310,6 +315,7 @@ class UFPNet_code_uncertainty(nn.Module):  # noqa: N801 - upstream name
         enc_blk_nums: Sequence[int] = (),
         dec_blk_nums: Sequence[int] = (),
         kernel_size: int = 19,
+        estimator_width: int = 64,
     ) -> None:
         super().__init__()
         if kernel_size != FLOW_KERNEL_SIZE:
@@ -317,7 +323,7 @@ class UFPNet_code_uncertainty(nn.Module):  # noqa: N801 - upstream name
         if img_channel != 3:
             raise ValueError("UFPNet's kernel estimator is hard-wired to 3 input channels")
         self.kernel_size = kernel_size
-        self.kernel_extra = code_extra_mean_var(kernel_size)
+        self.kernel_extra = code_extra_mean_var(kernel_size, estimator_width)
         self.flow = KernelPrior(n_blocks=5, input_size=FLOW_KERNEL_SIZE**2, hidden_size=25, n_hidden=1)
         self.intro = nn.Conv2d(img_channel, width, 3, padding=1)
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
@@ -409,6 +415,7 @@ class UFPNet_code_uncertainty_Local(UFPNet_code_uncertainty):  # noqa: N801 - up
         enc_blk_nums: Sequence[int] = (),
         dec_blk_nums: Sequence[int] = (),
         kernel_size: int = 19,
+        estimator_width: int = 64,
         train_size: Sequence[int] = (1, 3, 256, 256),
         fast_imp: bool = False,
         base_size: int | Sequence[int] | None = None,
@@ -420,6 +427,7 @@ class UFPNet_code_uncertainty_Local(UFPNet_code_uncertainty):  # noqa: N801 - up
             enc_blk_nums=enc_blk_nums,
             dec_blk_nums=dec_blk_nums,
             kernel_size=kernel_size,
+            estimator_width=estimator_width,
         )
         localize(
             unet_levels(self.encoders, self.middle_blks, self.decoders),
@@ -469,6 +477,9 @@ def _detect_ufpnet(sd: StateDict) -> dict[str, Any] | None:
         return None
     kk = int(tail.shape[0])
     kw["kernel_size"] = math.isqrt(kk)
+    est = sd.get("kernel_extra.Encoding_Block1.Conv_head.weight")
+    if est is not None and int(est.shape[0]) != 64:
+        kw["estimator_width"] = int(est.shape[0])
     if kw["kernel_size"] ** 2 != kk or not same_keys_and_shapes(lambda: UFPNet_code_uncertainty(**kw), sd):
         return None
     return kw

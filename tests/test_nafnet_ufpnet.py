@@ -242,3 +242,16 @@ def test_ufpnet_half_precision_keeps_flow_in_fp32(ufpnet: torch.nn.Module) -> No
 def test_ufpnet_rejects_configs_upstream_cannot_run(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         archs.build("ufpnet", **{**SMALL_UFP, **bad})
+
+
+def test_estimator_width_is_ours_and_detected() -> None:
+    """estimator_width (not upstream) sizes the kernel estimator; 64 is upstream's layout, others are detected."""
+    kw = {"width": 16, "enc_blk_nums": [1, 1, 2], "middle_blk_num": 2, "dec_blk_nums": [1, 1, 1]}
+    with torch.device("meta"):
+        upstream = archs.build("ufpnet", **kw)
+        small = archs.build("ufpnet", **kw, estimator_width=24)
+    assert upstream.kernel_extra.Encoding_Block1.Conv_head.weight.shape[0] == 64
+    assert sum(p.numel() for p in small.parameters()) < 4_000_000  # fits the 8 MB fp16 budget of ufpnet-s
+    found = archs.detect(small.state_dict())
+    assert [n for n, _ in found] == ["ufpnet"] and found[0][1]["estimator_width"] == 24
+    assert "estimator_width" not in archs.detect(upstream.state_dict())[0][1]
