@@ -164,11 +164,19 @@ def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None
     if array.dtype not in (np.uint8, np.uint16, np.float32, np.float64, np.float16):
         raise RestoreError(f"unsupported pixel type {array.dtype}")
     squeeze = array.ndim == 2
-    img = to_float(array[..., None] if squeeze else array)
-    channels = img.shape[2]
-    if channels not in (1, 2, 3, 4):
-        raise RestoreError(f"unsupported channel count {channels}")
+    raw = array[..., None] if squeeze else array
+    channels = raw.shape[2]
+    if raw.ndim != 3 or channels not in (1, 2, 3, 4):
+        raise RestoreError(f"unsupported image shape {array.shape}")
     has_alpha = channels in (2, 4)
+    if not has_alpha and channels == model.spec.in_channels and array.dtype in (np.uint8, np.uint16):
+        # The common case: integer pixels go to the device as they are and come back quantised there.
+        t = torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1)).astype(
+            np.int32 if array.dtype == np.uint16 else np.uint8, copy=False))
+        out_t, stats = model.runner.run(t, quantize=255 if array.dtype == np.uint8 else 65535)
+        result = out_t.numpy().transpose(1, 2, 0).astype(array.dtype, copy=False)
+        return (result[..., 0] if squeeze else result), stats
+    img = to_float(raw)
     colour = img[..., :-1] if has_alpha else img
     if not has_alpha:
         out, stats = _run_colour(model, colour)

@@ -39,9 +39,11 @@ def _golden_io(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 def test_family_on_cuda_all_precisions(path: Path) -> None:
     model, spec = _load(path)
     x, want = _golden_io(path)
+    with safe_open(str(path), "pt") as f:
+        tol = float(f.metadata().get("tolerance", "1e-4"))
     with torch.inference_mode():
         out = model.to(CUDA)(x.to(CUDA)).float().cpu()
-    assert float((out - want).norm() / want.norm()) <= 1e-4
+    assert float((out - want).norm() / want.norm()) <= tol
     for dtype, ok in ((torch.float16, spec.fp16), (torch.bfloat16, spec.bf16)):
         if not ok:
             continue
@@ -50,21 +52,30 @@ def test_family_on_cuda_all_precisions(path: Path) -> None:
             out = m(x.to(CUDA, dtype)).float().cpu()
         assert torch.isfinite(out).all(), dtype
         err = float((out - want).norm() / want.norm())
-        assert err <= HALF_TOL[dtype], f"{dtype}: relative L2 {err:.3e}"
+        # goldens whose weights amplify float32 rounding (a looser file tolerance) amplify half rounding alike
+        bound = HALF_TOL[dtype] * max(1.0, tol / 1e-4)
+        assert err <= bound, f"{dtype}: relative L2 {err:.3e} > {bound:.1e}"
         model = model.float()
 
 
 @pytest.mark.parametrize("path", _cases(), ids=lambda p: p.name)
-def test_engine_cuda_matches_cpu(path: Path) -> None:
+@pytest.mark.parametrize("resident", [True, False])
+def test_engine_cuda_matches_cpu(path: Path, resident: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same tile plan on the GPU (whole image resident, or streamed tile by tile) and on the CPU."""
     model, spec = _load(path)
-    image = smooth_image(96, 80)
-    cpu_out, _ = Runner(model, spec, device=torch.device("cpu"), dtype=torch.float32, tile=0).run(image)
+    tile = 40
+    h, w = 2 * tile + 2 * spec.context + 11, 2 * tile + 2 * spec.context + 3
+    image = smooth_image(h, w)
+    cpu_out, _ = Runner(model, spec, device=torch.device("cpu"), dtype=torch.float32, tile=tile, overlap=8).run(image)
     model, spec = _load(path)
-    runner = Runner(model, spec, device=CUDA, dtype=torch.float32, tile=40, overlap=8, batch=3)
+    runner = Runner(model, spec, device=CUDA, dtype=torch.float32, tile=tile, overlap=8, batch=3)
+    monkeypatch.setattr(runner, "_resident", lambda image, plan: resident)
     gpu_out, stats = runner.run(image)
     assert stats.tiles > 1
-    tol = {"safe": 1 / 255, "tlc": 2 / 255}.get(spec.tiling, 8 / 255)
-    assert float((gpu_out - cpu_out).abs().max()) <= tol
+    scale = float(cpu_out.abs().max())
+    assert float((gpu_out - cpu_out).abs().max()) <= 1e-4 * max(1.0, scale)
+    q, _ = runner.run((image * 255).round().to(torch.uint8), quantize=255)
+    assert q.dtype == torch.uint8 and q.shape == cpu_out.shape
 
 
 def test_auto_tile_probe_and_channels_last() -> None:

@@ -13,7 +13,7 @@ from torch import nn
 from archs import ArchSpec
 
 from ..errors import InterruptError, RestoreError, UsageError
-from .tiles import TilePlan, blend_weights, pad_reflect, plan_tiles, round_up
+from .tiles import TilePlan, pad_reflect, plan_tiles, ramp_1d, round_up
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPU_TILE = 512
@@ -115,25 +115,36 @@ class Runner:
         return side
 
     def _probe_bytes_per_pixel(self) -> float:
+        """Activation memory per input pixel: the slope between two probe sizes, so weights and fixed buffers
+        (which a single small probe would spread over its few pixels) do not count."""
         if hasattr(self, "_per_px"):
             return self._per_px
-        side = round_up(max(128, self.spec.min_size), self.spec.multiple_of)
-        x = torch.rand(1, self.spec.in_channels, side, side, device=self.device, dtype=self.dtype)
-        torch.cuda.synchronize(self.device)
-        base = torch.cuda.memory_allocated(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        with torch.inference_mode():
-            self.call(self.model, self._to_format(x))
-        peak = torch.cuda.max_memory_allocated(self.device) - base
-        self._per_px = max(peak, 1) / (side * side) * 1.25  # headroom: activation peaks do not scale perfectly
+        peaks = []
+        sides = [round_up(max(n, self.spec.min_size), self.spec.multiple_of) for n in (128, 256)]
+        for side in sides:
+            x = torch.rand(1, self.spec.in_channels, side, side, device=self.device, dtype=self.dtype)
+            torch.cuda.synchronize(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            with torch.inference_mode():
+                self.call(self.model, self._to_format(x))
+            peaks.append(torch.cuda.max_memory_allocated(self.device) - base)
+            del x
+        slope = (peaks[1] - peaks[0]) / max(1, sides[1] ** 2 - sides[0] ** 2)
+        # headroom: peaks do not scale perfectly, and the allocator fragments
+        self._per_px = max(slope, peaks[1] / sides[1] ** 2 / 4, 1.0) * 1.25
         return self._per_px
 
     def _to_format(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     # -- running ---------------------------------------------------------------------------------------------
-    def run(self, image: torch.Tensor) -> tuple[torch.Tensor, RunStats]:
-        """image: (C, H, W) float32 on the CPU in [0, 1] -> (C', H*s, W*s) float32 on the CPU."""
+    def run(self, image: torch.Tensor, *, quantize: int | None = None) -> tuple[torch.Tensor, RunStats]:
+        """image: (C, H, W) on the CPU, uint8 / uint16 (scaled by their range) or float in [0, 1].
+
+        Returns (C', H*s, W*s) on the CPU: float32, or with `quantize` = 255 / 65535 the values clamped, scaled
+        and rounded on the device (uint8, or int32 for 16-bit), which saves the CPU that work and the transfer.
+        """
         stats = RunStats()
         _, height, width = image.shape
         tile = self.tile if self.tile is not None else self._auto_tile(height, width)
@@ -142,7 +153,7 @@ class Runner:
             plan = plan_tiles(height, width, tile=tile, overlap=self.overlap, margin=self.margin,
                               multiple_of=self.spec.multiple_of, scale=self.spec.scale, min_size=self.spec.min_size)
             try:
-                out = self._run_plan(image, plan, stats)
+                out = self._run_plan(image, plan, stats, quantize)
                 break
             except Exception as e:
                 if not _is_oom(e):
@@ -155,24 +166,32 @@ class Runner:
                     raise RestoreError(f"out of memory even with {current}px tiles on {self.device}") from None
                 stats.retries += 1
                 stats.notes.append(f"out of memory at tile {current}px, retrying with {tile}px")
-                if self.tile is not None or self.device.type == "cuda":
-                    self.tile = tile  # keep the working size for the rest of the run
+                self.tile = tile  # keep the working size for the rest of the run
         stats.tile, stats.tiles = (0 if plan.count == 1 and plan.margin == 0 else plan.tile_h), plan.count
         stats.infer_s = time.perf_counter() - start
         return out, stats
 
-    def _run_plan(self, image: torch.Tensor, plan: TilePlan, stats: RunStats) -> torch.Tensor:
+    def _resident(self, image: torch.Tensor, plan: TilePlan) -> bool:
+        """Whether the whole image (as float) and the output accumulators go on the GPU: fast, and they fit."""
+        if self.device.type != "cuda":
+            return False
+        s, c_out = plan.scale, self.spec.out_channels
+        ph, pw = plan.padded_size
+        need = 4 * (image.shape[0] * ph * pw + (c_out + 1) * plan.height * plan.width * s * s)
+        return need < 0.25 * torch.cuda.mem_get_info(self.device)[0]
+
+    def _run_plan(self, image: torch.Tensor, plan: TilePlan, stats: RunStats, quantize: int | None) -> torch.Tensor:
         s = plan.scale
-        c_out = self.spec.out_channels
-        padded = pad_reflect(image[None], *plan.pad)[0]
-        on_gpu = self.device.type == "cuda"
-        if on_gpu:
-            padded = padded.pin_memory()
-        out_bytes = 4 * (c_out + 1) * plan.height * plan.width * s * s
-        acc_device = self.device if on_gpu and out_bytes < 0.25 * torch.cuda.mem_get_info(self.device)[0] \
-            else torch.device("cpu")
-        acc = torch.zeros(c_out, plan.height * s, plan.width * s, device=acc_device)
-        wsum = torch.zeros(1, plan.height * s, plan.width * s, device=acc_device)
+        resident = self._resident(image, plan)
+        work = self.device if resident else torch.device("cpu")
+        src = _unit_float(image.to(work, non_blocking=True))
+        padded = pad_reflect(src[None], *plan.pad)[0]
+        single = plan.count == 1
+        if not single:
+            acc = torch.zeros(self.spec.out_channels, plan.height * s, plan.width * s, device=work)
+            wsum = torch.zeros(1, plan.height * s, plan.width * s, device=work)
+            ramps_y = [ramp_1d(plan.ys, i, plan.tile_h, s).to(self.device) for i in range(len(plan.ys))]
+            ramps_x = [ramp_1d(plan.xs, j, plan.tile_w, s).to(self.device) for j in range(len(plan.xs))]
         positions = plan.positions()
         with torch.inference_mode():
             for b in range(0, len(positions), self.batch):
@@ -181,7 +200,7 @@ class Runner:
                 chunk = positions[b:b + self.batch]
                 origins = [plan.window_origin(y, x) for _, _, y, x in chunk]
                 windows = torch.stack([padded[:, wy:wy + plan.window_h, wx:wx + plan.window_w] for wy, wx in origins])
-                if on_gpu:
+                if self.device.type == "cuda" and not resident:
                     windows = windows.pin_memory()
                 x_dev = self._to_format(windows.to(self.device, dtype=self.dtype, non_blocking=True))
                 y_dev = self.call(self.model, x_dev)
@@ -194,8 +213,27 @@ class Runner:
                 for k, ((i, j, y, x), (wy, wx)) in enumerate(zip(chunk, origins, strict=True)):
                     oy, ox = (y - wy) * s, (x - wx) * s
                     core = y_dev[k, :, oy:oy + plan.tile_h * s, ox:ox + plan.tile_w * s].float()
-                    w = blend_weights(plan, i, j).to(core.device)
+                    if single:
+                        return _finish(core, quantize)
+                    w = ramps_y[i][:, None] * ramps_x[j][None, :]
                     ys, xs = slice(y * s, (y + plan.tile_h) * s), slice(x * s, (x + plan.tile_w) * s)
-                    acc[:, ys, xs] += (core * w).to(acc_device, non_blocking=True)
-                    wsum[:, ys, xs] += w.to(acc_device)
-        return (acc / wsum).cpu()
+                    acc[:, ys, xs] += (core * w).to(work, non_blocking=True)
+                    wsum[:, ys, xs] += w.to(work)
+        return _finish(acc.div_(wsum), quantize)
+
+
+def _unit_float(x: torch.Tensor) -> torch.Tensor:
+    """Integer pixels scaled by their type's range (never by value); floats as they are."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if x.dtype == torch.int32:  # 16-bit pixels travel as int32: torch's uint16 lacks most ops
+        return x.float().div_(65535.0)
+    return x.float()
+
+
+def _finish(out: torch.Tensor, quantize: int | None) -> torch.Tensor:
+    if quantize is None:
+        return out.cpu()
+    q = out.clamp_(0.0, 1.0).mul_(float(quantize)).round_()
+    return q.to(torch.uint8 if quantize == 255 else torch.int32).cpu()
+

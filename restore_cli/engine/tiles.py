@@ -104,7 +104,7 @@ def plan_tiles(height: int, width: int, *, tile: int, overlap: int, margin: int,
                     tuple(_starts(height, tile_h, overlap)), tuple(_starts(width, tile_w, overlap)), multiple_of)
 
 
-def _ramp_1d(starts: tuple[int, ...], index: int, core: int, scale: int) -> torch.Tensor:
+def ramp_1d(starts: tuple[int, ...], index: int, core: int, scale: int) -> torch.Tensor:
     """Weights along one axis of one tile's core, in output pixels: raised-cosine rises over each shared band."""
     w = torch.ones(core * scale, dtype=torch.float32)
     if index > 0:
@@ -122,8 +122,8 @@ def _ramp_1d(starts: tuple[int, ...], index: int, core: int, scale: int) -> torc
 
 def blend_weights(plan: TilePlan, row: int, col: int) -> torch.Tensor:
     """The (tile_h*s, tile_w*s) weight of one tile's core; neighbouring ramps sum to exactly 1."""
-    wy = _ramp_1d(plan.ys, row, plan.tile_h, plan.scale)
-    wx = _ramp_1d(plan.xs, col, plan.tile_w, plan.scale)
+    wy = ramp_1d(plan.ys, row, plan.tile_h, plan.scale)
+    wx = ramp_1d(plan.xs, col, plan.tile_w, plan.scale)
     return wy[:, None] * wx[None, :]
 
 
