@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -91,7 +92,8 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
     if not quiet:
         err.print(f"[bold]{loaded.name}[/bold] ({loaded.spec.id}, x{loaded.spec.scale}, "
                   f"{loaded.params / 1e6:.2f} M params, licence {loaded.license}) on {loaded.device} "
-                  f"{str(loaded.dtype).removeprefix('torch.')}, loaded in {time.perf_counter() - t0:.2f} s")
+                  f"{str(loaded.dtype).removeprefix('torch.')}, loaded in {time.perf_counter() - t0:.2f} s",
+                  soft_wrap=True)
     limit = images.DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None)
     inputs_resolved = {j.source.resolve() for j in jobs}
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -210,6 +212,71 @@ app.command("upscale")(_task_command("upscale", "Super-resolve images (x2 / x4).
 app.command("sr", hidden=True)(_task_command("upscale", "Alias of upscale."))
 app.command("restore")(_task_command("restore", "All-in-one restoration (noise, rain, haze, blur)."))
 app.command("face")(_task_command("face", "Restore faces."))
+
+
+# -- eval -------------------------------------------------------------------------------------------------------
+@app.command("eval")
+def eval_command(
+    folder: Annotated[Path, typer.Argument(help="Clean images (synthetic mode) or degraded inputs (with --targets).")],
+    model: ModelOpt = None,
+    task: Annotated[str | None, typer.Option(help="Use this task's default model when --model is not given.")] = None,
+    degradation: Annotated[str | None, typer.Option(help="Named, seeded degradation (see restore eval --list).")]
+    = None,
+    targets: Annotated[Path | None, typer.Option(help="Folder of clean targets matching the inputs by name.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the degradation (combined with each file name).")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
+    crop: Annotated[int | None, typer.Option(help="Centre-crop clean images to N x N first.")] = None,
+    json_path: JsonOpt = None, tile: TileOpt = "auto", precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
+    offline: OfflineOpt = False,
+    list_degradations: Annotated[bool, typer.Option("--list", help="List the named degradations and exit.")] = False,
+) -> None:
+    """PSNR / SSIM of a model against its degraded input (bicubic for SR): RGB for restoration, Y for SR."""
+    from . import evaluate
+    from .complexity import macs_per_megapixel
+    from .training import degrade
+
+    if list_degradations:
+        for name, d in degrade.DEGRADATIONS.items():
+            out.print(f"{name:18} {d.task:8} x{d.scale}  {d.description}", soft_wrap=True)
+        raise typer.Exit(0)
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such folder")
+    if targets is None and degradation is None:
+        raise UsageError("name a --degradation (see --list) or give --targets")
+    if degradation is not None and degradation not in degrade.DEGRADATIONS:
+        raise UsageError(f"unknown degradation {degradation!r}; known: {', '.join(degrade.DEGRADATIONS)}")
+    if model is None and task is None and degradation is not None:
+        task = degrade.DEGRADATIONS[degradation].task
+    loaded = api.load_model(model, task=task if model is None else None, device=device, precision=precision,
+                            tile=tile, offline=offline)
+
+    def restore_fn(img: Any) -> Any:
+        return api.restore_image(loaded, img)[0]
+
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("image", "input PSNR", "output PSNR", "gain", "input SSIM", "output SSIM"):
+        table.add_column(col, justify="right" if col != "image" else "left")
+    if targets is not None:
+        res = evaluate.evaluate_pairs(restore_fn, folder, targets, scale=loaded.spec.scale, json_path=None)
+    else:
+        res = evaluate.evaluate(restore_fn, folder, degradation, seed=seed, limit=limit, crop=crop)
+        if res.scale != loaded.spec.scale:
+            raise UsageError(f"{degradation} is x{res.scale}, the model x{loaded.spec.scale}")
+    for r in res.images:
+        (pi, si), (po, so) = r.input.primary(res.space), r.output.primary(res.space)
+        table.add_row(r.name, f"{pi:.2f}", f"{po:.2f}", f"{po - pi:+.2f}", f"{si:.4f}", f"{so:.4f}")
+    out.print(table)
+    macs = macs_per_megapixel(loaded.module, in_channels=loaded.spec.in_channels,
+                              side=max(64, 4 * loaded.spec.multiple_of))
+    out.print(f"{loaded.name}: {res.summary()} [{'Y channel' if res.space == 'y' else 'RGB'}, "
+              f"border {res.crop_border}]; {loaded.params / 1e6:.2f} M params, {macs / 1e9:.1f} GMACs/MP",
+              soft_wrap=True)
+    if json_path is not None:
+        doc = res.to_dict()
+        doc["model"] = {"name": loaded.name, "arch": loaded.spec.id, "params": loaded.params,
+                        "macs_per_megapixel": macs, "weights": str(loaded.weights)}
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 # -- models -----------------------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ class Reporter:
         head = "interrupted: " if interrupted else ""
         self.console.print(
             f"{head}{t['ok']} restored, {t['failed']} failed, {t['skipped']} skipped; {t['megapixels']:.2f} MP in "
-            f"{t['infer_s']:.2f} s inference ({t['megapixels_per_s']:.2f} MP/s), {t['wall_s']:.2f} s wall")
+            f"{t['infer_s']:.2f} s inference ({t['megapixels_per_s']:.2f} MP/s), {t['wall_s']:.2f} s wall",
+            soft_wrap=True)
 
     def write_json(self, path: Path, run: dict[str, Any]) -> None:
         doc = {"run": run, "totals": self.totals(), "files": [

@@ -91,3 +91,21 @@ def test_models_list_and_info() -> None:
     assert p.returncode == 0 and "realplksr-x4" in p.stdout and "MIT" in p.stdout
     p = restore("models", "info", "nafnet-gopro-w64")
     assert p.returncode == 0 and "67,888,835" in p.stdout and "drive.google.com" in p.stdout
+
+
+def test_eval_command_writes_scores(tmp_path: Path) -> None:
+    from tests.conftest import SHARED
+
+    val = SHARED / "data" / "val"
+    if not val.is_dir():
+        pytest.skip("validation photos not available")
+    report = tmp_path / "eval.json"
+    p = restore("eval", val, "--model", "nafnet-s-denoise", "--degradation", "noise25", "--limit", "1", "--crop",
+                "64", "--json", report)
+    no_traceback(p)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(report.read_text())
+    assert doc["summary"]["images"] == 1 and doc["summary"]["gain_psnr"] > 0
+    assert doc["model"]["params"] > 0 and doc["model"]["macs_per_megapixel"] > 0
+    p = restore("eval", val, "--degradation", "no-such")
+    assert p.returncode == 2 and "unknown degradation" in p.stderr

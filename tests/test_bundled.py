@@ -1,0 +1,39 @@
+"""The bundled default models: files match weights.toml, load offline, and actually restore (CPU, seconds)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from restore_cli import api, evaluate, presets
+from tests.conftest import SHARED
+
+BUNDLED = [p for p in presets.all_presets().values() if p.source.kind == "bundled"]
+# The degradation each model was trained for (SR: the real-world pipeline; see docs/models.md for bicubic).
+TASK_DEGRADATION = {"deblur": "deblur_motion", "denoise": "noise25", "upscale": "sr_real_x{scale}"}
+
+
+def test_every_task_default_is_bundled() -> None:
+    for task in ("deblur", "denoise", "upscale"):
+        assert presets.default_for(task).source.kind == "bundled"
+
+
+@pytest.mark.parametrize("preset", BUNDLED, ids=lambda p: p.name)
+def test_bundled_file_matches_its_checksum_and_size(preset: presets.Preset) -> None:
+    path = presets.BUNDLED_DIR / preset.source.filename
+    data = path.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == preset.source.sha256
+    assert len(data) <= 8 * 1024 * 1024
+    model = api.load_model(preset.name, device="cpu", offline=True)
+    assert model.spec.scale == preset.scale and preset.task in model.spec.tasks
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "val").is_dir(), reason="validation photos not available")
+@pytest.mark.parametrize("preset", BUNDLED, ids=lambda p: p.name)
+def test_bundled_model_improves_psnr(preset: presets.Preset) -> None:
+    model = api.load_model(preset.name, device="cpu", offline=True)
+    deg = TASK_DEGRADATION[preset.task].format(scale=preset.scale)
+    res = evaluate.evaluate(lambda img: api.restore_image(model, img)[0], SHARED / "data" / "val", deg,
+                            limit=2, crop=160)
+    assert res.gain_psnr > 0.1, res.summary()
