@@ -214,6 +214,32 @@ app.command("restore")(_task_command("restore", "All-in-one restoration (noise, 
 app.command("face")(_task_command("face", "Restore faces."))
 
 
+# -- doctor -----------------------------------------------------------------------------------------------------
+@app.command("doctor")
+def doctor(build: Annotated[bool, typer.Option("--build", help="Compile every CUDA kernel now.")] = False,
+           verbose: Annotated[bool, typer.Option("--verbose", help="Show compiler output.")] = False) -> None:
+    """Versions, GPU, and which custom ops are compiled (for which architecture) or fall back to PyTorch."""
+    import platform
+
+    import torch
+
+    from archs import ops
+
+    out.print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            out.print(f"cuda:{i} {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB")
+    else:
+        out.print("no CUDA GPU: every op runs its PyTorch reference")
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("op", "backend", "arch", "detail"):
+        table.add_column(col, overflow="fold")
+    for st in (ops.build_all(verbose=verbose) if build else ops.status()):
+        table.add_row(st.name, st.backend, st.arch or "-", st.detail)
+    out.print(table)
+
+
 # -- eval -------------------------------------------------------------------------------------------------------
 @app.command("eval")
 def eval_command(
