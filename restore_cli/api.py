@@ -110,6 +110,29 @@ def load_model(model: str | None = None, *, task: str | None = None, device: str
                        description=preset.description if preset else "", kwargs=module.arch_kwargs)
 
 
+# Runtime knobs some families expose as plain attributes (see each arch's docstring): CLI flag -> attribute.
+RUNTIME_OPTIONS = {"scale": "scale", "ratio": "ratio", "exit_threshold": "exit_threshold", "topk": "topk"}
+
+
+def set_options(model: LoadedModel, **options: Any) -> None:
+    """Set runtime options (e.g. SpanC's scale, CAMixerSR's ratio, AdaRevID's exit threshold) on a loaded model."""
+    import dataclasses
+
+    for key, value in options.items():
+        if value is None:
+            continue
+        attr = RUNTIME_OPTIONS[key]
+        module = model.module
+        if not hasattr(module, attr):
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} does not apply to {model.spec.id} ({model.name})")
+        setattr(module, attr, value)
+        if key == "scale":
+            # the engine sizes tiles and outputs by the descriptor's scale
+            model.spec = dataclasses.replace(model.spec, scale=int(value))
+            model.runner.spec = model.spec
+
+
 # -- pixels ------------------------------------------------------------------------------------------------------
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

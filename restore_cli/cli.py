@@ -47,6 +47,11 @@ QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality
 SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output already exists.")]
 StripOpt = Annotated[bool, typer.Option("--strip-metadata", help="Do not copy ICC profile and EXIF.")]
 MaxPxOpt = Annotated[int | None, typer.Option("--max-pixels", help="Refuse larger images (0: no limit).")]
+ScaleOpt = Annotated[int | None, typer.Option("--scale", min=1, help="Output scale, for multi-scale models (SpanC).")]
+RatioOpt = Annotated[float | None, typer.Option("--ratio", min=0.0, max=1.0,
+                    help="Share of windows that get attention, for content-aware models (CAMixerSR).")]
+ExitOpt = Annotated[float | None, typer.Option("--exit-threshold", min=0.0,
+                   help="Early-exit confidence threshold (AdaRevID): lower exits earlier.")]
 CompareOpt = Annotated[bool, typer.Option("--compare", help="Also write a before/after picture next to each output.")]
 
 
@@ -78,7 +83,8 @@ class _GracefulStop:
 def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str | None, tile: str, overlap: int,
               batch_size: int, precision: str, device: str, fmt: str | None, suffix: str, recursive: bool,
               json_path: Path | None, quiet: bool, offline: bool, quality: int, skip_existing: bool,
-              strip_metadata: bool, max_pixels: int | None, compare: bool = False) -> int:
+              strip_metadata: bool, max_pixels: int | None, compare: bool = False,
+              options: dict[str, Any] | None = None) -> int:
     from .io import images
 
     if fmt is not None and fmt.lower() not in FORMATS:
@@ -89,6 +95,7 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
     t0 = time.perf_counter()
     loaded = api.load_model(model, task=task, device=device, precision=precision, tile=tile, overlap=overlap,
                             batch=batch_size, offline=offline)
+    api.set_options(loaded, **(options or {}))
     if not quiet:
         err.print(f"[bold]{loaded.name}[/bold] ({loaded.spec.id}, x{loaded.spec.scale}, "
                   f"{loaded.params / 1e6:.2f} M params, licence {loaded.license}) on {loaded.device} "
@@ -194,12 +201,13 @@ def _task_command(task: str, help_text: str) -> Any:
                 fmt: FormatOpt = None, suffix: SuffixOpt = "", recursive: RecursiveOpt = False,
                 json_path: JsonOpt = None, quiet: QuietOpt = False, offline: OfflineOpt = False,
                 quality: QualityOpt = 95, skip_existing: SkipOpt = False, strip_metadata: StripOpt = False,
-                max_pixels: MaxPxOpt = None, compare: CompareOpt = False) -> None:
+                max_pixels: MaxPxOpt = None, compare: CompareOpt = False, scale: ScaleOpt = None,
+                ratio: RatioOpt = None, exit_threshold: ExitOpt = None) -> None:
         code = _run_task(task, inputs, output=output, model=model, tile=tile, overlap=overlap,
                          batch_size=batch_size, precision=precision, device=device, fmt=fmt, suffix=suffix,
                          recursive=recursive, json_path=json_path, quiet=quiet, offline=offline, quality=quality,
                          skip_existing=skip_existing, strip_metadata=strip_metadata, max_pixels=max_pixels,
-                         compare=compare)
+                         compare=compare, options={"scale": scale, "ratio": ratio, "exit_threshold": exit_threshold})
         raise typer.Exit(code)
 
     command.__doc__ = help_text

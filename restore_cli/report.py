@@ -37,6 +37,23 @@ class FileRecord:
         return self.size_in[0] * self.size_in[1] / 1e6 / (self.infer_ms / 1000)
 
 
+def _info_text(infos: list[dict[str, Any]]) -> str:
+    """What the model reported (AdaRevID's exit, MoCE-IR's experts, ...), compact: distinct values per key."""
+    if not infos:
+        return ""
+    parts = []
+    for key in infos[0]:
+        values = []
+        for info in infos:
+            v = info.get(key)
+            text = f"{v:.3g}" if isinstance(v, float) else str(v)
+            if text not in values:
+                values.append(text)
+        shown = ", ".join(values[:4]) + (", ..." if len(values) > 4 else "")
+        parts.append(f"{key} {shown}")
+    return "  [cyan]" + "; ".join(parts)[:160] + "[/cyan]"
+
+
 class Reporter:
     """Prints one row per file as it finishes, and totals at the end."""
 
@@ -60,7 +77,8 @@ class Reporter:
                 f"{rec.input}  {w}x{h} -> {ow}x{oh}  decode {rec.decode_ms:.0f} ms  infer {rec.infer_ms:.0f} ms"
                 f"  encode {rec.encode_ms:.0f} ms  {rec.megapixels_per_s:.2f} MP/s"
                 + (f"  tile {rec.tile}x{rec.tiles}" if rec.tile else "")
-                + "".join(f"  [yellow]{n}[/yellow]" for n in rec.notes), soft_wrap=True, markup=True)
+                + "".join(f"  [yellow]{n}[/yellow]" for n in rec.notes) + _info_text(rec.model_info),
+                soft_wrap=True, markup=True)
 
     def totals(self) -> dict[str, Any]:
         ok = [r for r in self.records if r.status == "ok"]
