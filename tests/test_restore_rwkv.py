@@ -1,0 +1,185 @@
+"""Restore-RWKV (archs/restore_rwkv.py): goldens, manifest, detector, OmniShift fusion, padding, descriptor."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import archs
+from archs import restore_rwkv
+from archs.restore_rwkv import OmniShift, Restore_RWKV
+from tests.conftest import GOLDEN
+
+SMALL: dict[str, Any] = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}
+
+
+def setup_module() -> None:
+    for e in restore_rwkv.ARCHS:  # until the family is listed in archs._FAMILY_MODULES
+        if e.id not in archs.names():
+            archs._register(e)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def _random(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            if name.endswith(("spatial_decay", "spatial_first")):
+                p.copy_(5 * r)  # a visible decay and bonus
+            elif p.ndim > 1:
+                p.copy_(r / p[0].numel() ** 0.5)
+            else:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.3 * r)
+    return model
+
+
+@functools.cache
+def _golden_file(name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = GOLDEN / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118
+
+
+def _golden_names() -> list[str]:
+    return sorted(p.name for p in GOLDEN.glob("Restore_RWKV__*.safetensors"))
+
+
+@pytest.mark.parametrize("name", _golden_names() or ["Restore_RWKV__in1_d8_b1-1-1-1_r1.safetensors"])
+def test_golden(name: str) -> None:
+    t, meta = _golden_file(name)
+    sys.path.insert(0, str(GOLDEN))
+    from recipe import recipe_state_dict
+
+    model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
+    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
+    with torch.no_grad():
+        out = model.eval()(t["input"])
+    assert out.shape == t["output"].shape
+    assert _rel(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN.glob("Restore_RWKV__*.keys.json")), ids=lambda p: p.name)
+def test_manifest_builds_and_is_detected(path: Path) -> None:
+    doc = json.loads(path.read_text())
+    want = {k: list(v) for k, v in doc["state_dict"].items()}
+    with torch.device("meta"):
+        model = archs.build(doc["class"], **doc["kwargs"])
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == want
+    assert sum(p.numel() for p in model.parameters()) == doc["params"]
+    sd = {k: torch.empty(v, device="meta") for k, v in want.items()}
+    found = archs.detect(sd)
+    assert [n for n, _ in found] == ["restore_rwkv"]
+    assert found[0][1] == {**doc["kwargs"], "num_blocks": list(doc["kwargs"]["num_blocks"])}
+
+
+def _shapes_of_golden(path: Path) -> dict[str, torch.Tensor]:
+    """Meta tensors with the keys and shapes of any golden file or manifest (recipe keys included)."""
+    if path.name.endswith(".keys.json"):
+        return {k: torch.empty(v, device="meta") for k, v in json.loads(path.read_text())["state_dict"].items()}
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        sd = {k[3:]: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys() if k.startswith("sd.")}  # noqa: SIM118
+    sd.update({k: torch.empty(v, device="meta") for k, v in json.loads(meta.get("recipe_keys", "{}")).items()})
+    return sd
+
+
+def test_detector_accepts_only_its_family() -> None:
+    paths = sorted([*GOLDEN.glob("*.safetensors"), *GOLDEN.glob("*.keys.json"), *GOLDEN.glob("real/*.safetensors")])
+    if not paths:
+        pytest.skip("no golden files")
+    for path in paths:
+        got = restore_rwkv._detect(_shapes_of_golden(path))
+        assert (got is not None) == path.name.startswith("Restore_RWKV__"), path.name
+
+
+def test_detector_variants() -> None:
+    rgb = {"inp_channels": 3, "out_channels": 3, "dim": 6, "num_blocks": [1, 2, 1, 1], "num_refinement_blocks": 2}
+    for kw in (SMALL, {"dim": 4, "num_blocks": [2, 0, 1, 3], "num_refinement_blocks": 0}, rgb):
+        with torch.device("meta"):
+            sd = Restore_RWKV(**kw).state_dict()
+        assert restore_rwkv._detect(sd) == {**Restore_RWKV.__init__.__kwdefaults__, **kw}
+    with torch.device("meta"):
+        sd = dict(Restore_RWKV(**SMALL).state_dict())
+    del sd["decoder_level2.0.gamma1"]
+    assert restore_rwkv._detect(sd) is None
+
+
+def test_omnishift_fusion_is_exact() -> None:
+    torch.manual_seed(0)
+    m = OmniShift(5)
+    x = torch.randn(2, 5, 9, 7)
+    want = m.train()(x)
+    assert torch.allclose(m.eval()(x), want, atol=1e-5)
+    # stored conv5x5_reparam values never matter: loading fuses again, whatever the order of load and eval
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    sd["conv5x5_reparam.weight"].normal_()
+    fresh = OmniShift(5).eval()
+    fresh.load_state_dict(sd)
+    assert torch.allclose(fresh(x), want, atol=1e-5)
+
+
+def test_train_and_eval_agree_and_backward_runs() -> None:
+    model = _random(Restore_RWKV(**SMALL))
+    x = torch.rand(1, 1, 16, 24)
+    y_train = model.train()(x)
+    y_train.abs().mean().backward()  # autograd through the float64 Bi-WKV reference
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for n, p in model.named_parameters()
+               if "reparam" not in n)
+    with torch.no_grad():
+        y_eval = model.eval()(x)
+        assert torch.equal(model(x), y_eval)  # deterministic
+    assert _rel(y_eval, y_train.detach()) < 1e-5
+
+
+def test_any_size_pads_to_multiple_of_8() -> None:
+    model = _random(Restore_RWKV(**SMALL)).eval()
+    x = torch.rand(1, 1, 13, 21)
+    with torch.no_grad():
+        y = model(x)
+        padded = model(torch.nn.functional.pad(x, (0, 3, 0, 3), mode="reflect"))
+    assert y.shape == x.shape
+    assert torch.equal(y, padded[..., :13, :21])
+
+
+def test_scan_directions_matter() -> None:
+    """The second Bi-WKV runs on the transposed scan: transposing the image changes which decay pair it sees."""
+    model = _random(Restore_RWKV(**SMALL), seed=1).eval()
+    x = torch.rand(1, 1, 16, 24)
+    with torch.no_grad():
+        y = model(x)
+        yt = model(x.transpose(2, 3).contiguous()).transpose(2, 3)
+    assert _rel(yt, y) > 1e-4
+
+
+def test_descriptor() -> None:
+    s = archs.spec("Restore_RWKV")
+    assert (s.id, s.family, s.upstream_class, s.scale) == ("restore_rwkv", "Restore_RWKV", "Restore_RWKV", 1)
+    assert (s.in_channels, s.out_channels, s.min_size, s.multiple_of) == (1, 1, 8, 8)
+    assert s.tasks == ("restore", "denoise") and s.tiling == "global" and s.context == 256
+    assert (s.fp16, s.bf16, s.channels_last, s.code_license) == (False, True, False, "Apache-2.0")
+    assert archs.spec("restore-rwkv", **SMALL).context == 2 + 4 * 3 + 2 * 4 * 2 + 4 * 4 * 2 + 8 * 4 + 35
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu(dtype: torch.dtype) -> None:
+    model = _random(Restore_RWKV(**SMALL)).eval()
+    x = torch.rand(2, 1, 40, 56)
+    with torch.no_grad():
+        want = model(x)
+        got = model.cuda().to(dtype)(x.cuda().to(dtype)).float().cpu()
+    assert torch.isfinite(got).all()
+    assert _rel(got, want) < (1e-5 if dtype == torch.float32 else 3e-2)
