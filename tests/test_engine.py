@@ -137,3 +137,21 @@ def test_restore_image_keeps_dtype_alpha_and_gray() -> None:
     opaque[..., 3] = 255
     out, _ = restore_image(lm, opaque)
     assert (out[..., 3] == 255).all()
+
+
+def test_one_channel_model_on_colour_keeps_chroma() -> None:
+    """A 1-channel model (Restore-RWKV) restores luma; colour input keeps its chroma, gray stays gray."""
+    from restore_cli.api import LoadedModel, restore_image
+
+    spec = ArchSpec(id="gray", family="t", upstream_class="Gray", tasks=("restore",), scale=1, in_channels=1,
+                    out_channels=1, context=0)
+    lm = LoadedModel(name="gray", runner=Runner(nn.Identity(), spec, device=torch.device("cpu"),
+                                                  dtype=torch.float32, tile=0), spec=spec,
+                     weights=__import__("pathlib").Path("x"))
+    rng = np.random.default_rng(3)
+    rgb = (rng.random((12, 14, 3)) * 255).astype(np.uint8)
+    out, _ = restore_image(lm, rgb)
+    assert out.shape == rgb.shape and np.abs(out.astype(int) - rgb).max() <= 1
+    gray = (rng.random((12, 14)) * 65535).astype(np.uint16)
+    out, _ = restore_image(lm, gray)
+    assert out.dtype == np.uint16 and np.array_equal(out, gray)
