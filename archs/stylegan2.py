@@ -103,7 +103,7 @@ class UpFirDnSmooth(nn.Module):
         return upfirdn2d(x, self.kernel, up=1, down=1, pad=self.pad)
 
 
-class Interpolate2x(nn.Module):
+class Interpolate(nn.Module):
     """The bilinear variant's resampling: F.interpolate by 2 (or 1/2), align_corners=False unless nearest."""
 
     def __init__(self, scale_factor: float, mode: str) -> None:
@@ -181,7 +181,7 @@ class ModulatedConv2d(nn.Module):
         self.interpolation_mode = interpolation_mode
         self.resample: nn.Module | None = None
         if sample_mode is not None and interpolation_mode is not None:
-            self.resample = Interpolate2x(2.0 if sample_mode == "upsample" else 0.5, interpolation_mode)
+            self.resample = Interpolate(2.0 if sample_mode == "upsample" else 0.5, interpolation_mode)
         elif sample_mode == "upsample":
             self.smooth = UpFirDnSmooth(resample_kernel, upsample_factor=2, kernel_size=kernel_size)
         elif sample_mode == "downsample":
@@ -252,7 +252,7 @@ class ToRGB(nn.Module):
         self.upsample: nn.Module | None = None
         if upsample:
             self.upsample = (UpFirDnUpsample(resample_kernel, factor=2) if interpolation_mode is None
-                             else Interpolate2x(2.0, interpolation_mode))
+                             else Interpolate(2.0, interpolation_mode))
         self.modulated_conv = ModulatedConv2d(in_channels, 3, kernel_size=1, num_style_feat=num_style_feat,
                                               demodulate=False, sample_mode=None,
                                               interpolation_mode=interpolation_mode)
