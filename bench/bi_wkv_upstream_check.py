@@ -92,15 +92,15 @@ def upstream_forward_emulated(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor,
     #    c2, d2 (o3) from threads i >= tid, weights w (i - tid) _T. Values read are the phase-1 values.
     a2, b2, c2, d2 = full(0.0), full(0.0), full(0.0), full(0.0)
     o3, o4 = full(MIN_VALUE), full(MIN_VALUE)
-    for i in range(S):
-        lane = src[:, i]
-        before, after = i < tid, i >= tid
-        x = o2[:, lane] - ww * ((tid - i - 1) * chunk)
+    for lane_i in range(S):
+        lane = src[:, lane_i]
+        before, after = lane_i < tid, lane_i >= tid
+        x = o2[:, lane] - ww * ((tid - lane_i - 1) * chunk)
         no = torch.maximum(x, o4)
         a2n = a2 * torch.exp(o4 - no) + a[:, lane] * torch.exp(x - no)
         b2n = b2 * torch.exp(o4 - no) + b[:, lane] * torch.exp(x - no)
         a2, b2, o4 = torch.where(before, a2n, a2), torch.where(before, b2n, b2), torch.where(before, no, o4)
-        x = o1[:, lane] - ww * ((i - tid) * chunk)
+        x = o1[:, lane] - ww * ((lane_i - tid) * chunk)
         no = torch.maximum(x, o3)
         c2n = c2 * torch.exp(o3 - no) + c[:, lane] * torch.exp(x - no)
         d2n = d2 * torch.exp(o3 - no) + d[:, lane] * torch.exp(x - no)

@@ -24,11 +24,18 @@ SIZES = [
 ]
 
 
+def _runner(fn: Callable[..., object], *args: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        fn(*args)
+
+    return run
+
+
 def cases() -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
     module = _build.load("bi_wkv")
     if module is None:
         raise RuntimeError(f"the bi_wkv kernel is not available: {_build.status()}")
-    out = []
+    out: list[tuple[str, Callable[[], None], Callable[[], None]]] = []
     for label, B, T, C, dtype in SIZES:
         g = torch.Generator(device="cuda").manual_seed(0)
         # w, u as Restore-RWKV passes them: parameter / T
@@ -36,12 +43,6 @@ def cases() -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
         u = torch.randn(C, device="cuda", generator=g) / T
         k = torch.randn(B, T, C, device="cuda", generator=g).to(dtype)
         v = torch.randn(B, T, C, device="cuda", generator=g).to(dtype)
-
-        def kernel(w: torch.Tensor = w, u: torch.Tensor = u, k: torch.Tensor = k, v: torch.Tensor = v) -> None:
-            module.forward(w, u, k, v)
-
-        def reference(w: torch.Tensor = w, u: torch.Tensor = u, k: torch.Tensor = k, v: torch.Tensor = v) -> None:
-            bi_wkv_reference(w, u, k, v)
-
-        out.append((f"B{B} T{T} C{C} ({label})", kernel, reference))
+        out.append((f"B{B} T{T} C{C} ({label})", _runner(module.forward, w, u, k, v),
+                    _runner(bi_wkv_reference, w, u, k, v)))
     return out

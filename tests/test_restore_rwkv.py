@@ -110,7 +110,7 @@ def test_detector_variants() -> None:
     for kw in (SMALL, {"dim": 4, "num_blocks": [2, 0, 1, 3], "num_refinement_blocks": 0}, rgb):
         with torch.device("meta"):
             sd = Restore_RWKV(**kw).state_dict()
-        assert restore_rwkv._detect(sd) == {**Restore_RWKV.__init__.__kwdefaults__, **kw}
+        assert restore_rwkv._detect(sd) == {**(Restore_RWKV.__init__.__kwdefaults__ or {}), **kw}
     with torch.device("meta"):
         sd = dict(Restore_RWKV(**SMALL).state_dict())
     del sd["decoder_level2.0.gamma1"]
@@ -173,13 +173,39 @@ def test_descriptor() -> None:
     assert archs.spec("restore-rwkv", **SMALL).context == 2 + 4 * 3 + 2 * 4 * 2 + 4 * 4 * 2 + 8 * 4 + 35
 
 
+@pytest.fixture
+def no_tf32() -> Any:
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # TF32 would dominate the error
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_matches_cpu(dtype: torch.dtype) -> None:
+def test_cuda_matches_cpu(dtype: torch.dtype, no_tf32: None) -> None:
+    from archs.ops import _build
+
+    assert _build.load("bi_wkv") is not None  # the model below runs on the kernel
     model = _random(Restore_RWKV(**SMALL)).eval()
     x = torch.rand(2, 1, 40, 56)
     with torch.no_grad():
         want = model(x)
         got = model.cuda().to(dtype)(x.cuda().to(dtype)).float().cpu()
     assert torch.isfinite(got).all()
-    assert _rel(got, want) < (1e-5 if dtype == torch.float32 else 3e-2)
+    assert _rel(got, want) < (1e-4 if dtype == torch.float32 else 3e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", _golden_names() or ["Restore_RWKV__in1_d8_b1-1-1-1_r1.safetensors"])
+def test_cuda_golden(name: str, no_tf32: None) -> None:
+    """The goldens through the CUDA kernel (float32): same tolerance as on the CPU reference."""
+    t, meta = _golden_file(name)
+    sys.path.insert(0, str(GOLDEN))
+    from recipe import recipe_state_dict
+
+    model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
+    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
+    with torch.no_grad():
+        out = model.cuda().eval()(t["input"].cuda()).cpu()
+    assert _rel(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
