@@ -35,7 +35,7 @@ __global__ void fused_bias_leaky_relu_kernel(const scalar_t* __restrict__ x, con
 }  // namespace
 
 at::Tensor fused_bias_leaky_relu_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
-                                         double negative_slope, double scale) {
+                                      double negative_slope, double scale) {
   auto out = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t numel = x.numel();
   if (numel == 0) return out;

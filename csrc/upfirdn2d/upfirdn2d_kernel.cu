@@ -73,8 +73,8 @@ __global__ void upfirdn2d_kernel(const scalar_t* __restrict__ x, const float* __
 }  // namespace
 
 at::Tensor upfirdn2d_cuda(const at::Tensor& x, const at::Tensor& kernel, int64_t up_x, int64_t up_y,
-                             int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0,
-                             int64_t pad_y1) {
+                          int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0,
+                          int64_t pad_y1) {
   const int64_t n = x.size(0), c = x.size(1), in_h = x.size(2), in_w = x.size(3);
   const int64_t kh = kernel.size(0), kw = kernel.size(1);
   const int64_t span_h = in_h * up_y + pad_y0 + pad_y1 - kh;
