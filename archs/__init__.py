@@ -15,6 +15,7 @@ from .spec import ArchEntry, ArchSpec, StateDict, Task, TilingHint
 _FAMILY_MODULES: list[str] = [
     "nafnet", "ufpnet", "plksr", "span",
     "camixersr", "spanc", "promptir", "moceir", "sfhformer", "gfisrv2", "rha", "hifacegan", "adarevid",
+    "convmambasr", "restore_rwkv", "dswinir", "stylegan2",
 ]
 
 _ENTRIES: dict[str, ArchEntry] = {}
