@@ -41,6 +41,8 @@ class ArchSpec:
     tiling: TilingHint = "safe"
     context: int = 16
     code_license: str = ""
+    # "image": image-to-image (everything the engine runs); "latent": a generator whose input is a style code.
+    input_kind: Literal["image", "latent"] = "image"
 
 
 @dataclass(frozen=True)

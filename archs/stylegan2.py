@@ -451,6 +451,7 @@ def _describe(arch_id: str, upstream_class: str) -> Callable[[dict[str, Any]], A
             fp16=True,
             bf16=True,
             channels_last=False,  # grouped per-sample convs; not measured
+            input_kind="latent",
             tiling="internal",
             context=0,
             # BasicSR's arch files (Apache-2.0, from rosinality's MIT port). BasicSR's CUDA ops carry the NVIDIA

@@ -100,6 +100,9 @@ def load_model(model: str | None = None, *, task: str | None = None, device: str
     sd = loading.read_state_dict(path)
     module = loading.build_from_state_dict(sd, where=str(path), arch=arch, kwargs=kwargs)
     spec = archs.spec(module.arch_id, **module.arch_kwargs)
+    if spec.input_kind != "image":
+        raise UsageError(f"{name} is a {spec.family} generator (its input is a latent code, not an image): "
+                         "use it from Python with archs.build(), not on image files")
     if task is not None and preset is None and task not in spec.tasks and task != "restore":
         raise UsageError(f"{name} is a {'/'.join(spec.tasks)} model ({spec.id}), not {task}")
     dev = pick_device(device)

@@ -48,3 +48,9 @@ def test_option_that_does_not_apply(tmp_path: Path) -> None:
     model = api.load_model(str(path), device="cpu")
     with pytest.raises(UsageError, match="--exit-threshold does not apply to span"):
         api.set_options(model, exit_threshold=0.1)
+
+
+def test_generators_are_refused_on_images(tmp_path: Path) -> None:
+    path = _weights(tmp_path, "StyleGAN2Generator", out_size=16, num_style_feat=16, num_mlp=1, narrow=0.0625)
+    with pytest.raises(UsageError, match="generator"):
+        api.load_model(str(path), device="cpu")
