@@ -28,6 +28,7 @@ timeout 300 python3 -m pytest -q -m cuda tests -p no:cacheprovider --continue-on
 timeout 150 python3 bench/engine.py --out "$out" > /dev/null 2>&1
 timeout 200 python3 bench/archs.py --out "$out" --golden "$RESTORE_SHARED/golden" > /dev/null 2>&1
 timeout 120 python3 bench/ops.py --out "$out" > /dev/null 2>&1
-timeout 60 python3 bench/bi_wkv_upstream_check.py > "$out/bi_wkv_upstream.txt" 2>&1
+up=""; [ -d build/upstream_bi_wkv ] && up="--upstream-dir build/upstream_bi_wkv"
+timeout 120 python3 bench/bi_wkv_upstream_check.py $up > "$out/bi_wkv_upstream.txt" 2>&1
 rm -f "$out"/*.md
 tail -3 "$out/cuda_tests.log"; cat "$out/build.log" | head -20
