@@ -21,8 +21,11 @@ Decisions (per tile for the Slide, per image for AdaRevID), by configuration:
   (`decoder_idx` for the Slide, all of them for AdaRevID, as upstream).
 * `classifier_type="hard_simple"` (the released AdaRevD-B/L): the classifier on e3 (`dx="e3"`) or e4 picks a class,
   and the tile runs `exit_idx[class]` decoders (0 = the input unchanged; a value outside 0..N means all N).
-  `exit_threshold` does not enter this rule: upstream calibrated `exit_idx` offline for a PSNR-gain threshold
-  (the ymls note 0.05 -> [4, 4, 3, 3, 2, 1] and 0.1 -> [4, 3, 2, 2, 1, 1] for AdaRevD-B on GoPro).
+  Upstream's `exit_threshold` does not enter this rule: the authors calibrated `exit_idx` offline for a PSNR-gain
+  threshold (their ymls note 0.05 -> [4, 4, 3, 3, 2, 1] and 0.1 -> [4, 3, 2, 2, 1, 1] for AdaRevD-B on GoPro).
+  `exit_tables` (ours, optional) records such calibrations, {threshold: exit_idx}; when given, the current
+  `exit_threshold` selects the table (a threshold that was not calibrated is an error), so `exit_threshold` becomes
+  the speed/quality knob for hard_simple models too.
 * any other `classifier_type` ("single": one shared scalar classifier; otherwise one per decoder step): after each
   decoder the classifier predicts the next decoder's PSNR gain, and the tile exits when it is <= `exit_threshold`.
 
@@ -53,7 +56,7 @@ Differences from upstream, all deliberate:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -352,6 +355,7 @@ class _AdaRevBase(nn.Module):
 
     num_subdenet: int
     force_exit: int | None
+    exit_tables: dict[float, list[int]] | None
     last_info: dict[str, Any]
     last_logits: torch.Tensor | None
 
@@ -371,6 +375,7 @@ class _AdaRevBase(nn.Module):
         num_classes: int,
         tlc: bool,
         paths: dict[str, Any],
+        exit_tables: Mapping[Any, Sequence[int]] | None,
     ) -> None:
         if in_channels != 3 or out_channels != 3:
             raise ValueError("AdaRevD is RGB only: the encoder takes 3 channels and the output adds the input")
@@ -392,6 +397,8 @@ class _AdaRevBase(nn.Module):
         self.classifier_type = classifier_type
         self.num_decoders = 0  # upstream's cumulative decoder-run counter (with cal_num_decoders)
         self.force_exit = None
+        # TOML keys are strings: keep them as floats
+        self.exit_tables = {float(k): [int(n) for n in v] for k, v in exit_tables.items()} if exit_tables else None
         self.last_info = {}
         self.last_logits = None
         channels = [width, width * 2, width * 4, width * 8]
@@ -519,6 +526,23 @@ class _AdaRevBase(nn.Module):
         res = e0.new_zeros(b, self.out_channels, *e0.shape[-2:])
         return self._heads(e0, exits, res), exits, counts
 
+    def _hard_table(self, exit_idx: Any, exit_threshold: Any, classes: int) -> list[int]:
+        """The hard_simple class -> decoders table: from `exit_tables` for the current threshold, else exit_idx."""
+        tables = self.exit_tables
+        if tables:
+            if isinstance(exit_threshold, (list, tuple)):
+                raise ValueError("a hard_simple model with exit_tables takes one exit_threshold value")
+            thr = float(exit_threshold)
+            match = [v for k, v in tables.items() if math.isclose(float(k), thr, rel_tol=1e-9, abs_tol=1e-12)]
+            if not match:
+                known = ", ".join(f"{float(k):g}" for k in tables)
+                raise ValueError(f"exit_threshold {thr:g} is not calibrated for this model (exit_tables: {known})")
+            exit_idx = match[0]
+        table = [int(n) for n in exit_idx] if isinstance(exit_idx, Sequence) else [int(exit_idx)] * classes
+        if len(table) < classes:
+            raise ValueError(f"exit table {table} has {len(table)} entries for {classes} classes")
+        return table
+
     def _decide(self, feats: list[torch.Tensor], pretrain_decoders: int, exit_idx: Any,
                 exit_threshold: float | Sequence[float]) -> tuple[torch.Tensor, dict[str, list[int]]]:
         """(residual, per-unit decisions) for a batch of units (tiles or images)."""
@@ -546,9 +570,7 @@ class _AdaRevBase(nn.Module):
             logits = ape(feats[3] if self.dx == "e3" else feats[4])
             self.last_logits = logits.detach()
             cls = logits.argmax(dim=-1)
-            table = list(exit_idx) if isinstance(exit_idx, Sequence) else [int(exit_idx)] * logits.shape[-1]
-            if len(table) < logits.shape[-1]:
-                raise ValueError(f"exit_idx has {len(table)} entries for {logits.shape[-1]} classes")
+            table = self._hard_table(exit_idx, exit_threshold, int(logits.shape[-1]))
             # a decoder count outside 0..N never matches upstream's exit test: those tiles run all N decoders
             lut = torch.tensor([int(n) if 0 <= int(n) <= n_dec else n_dec for n in table], device=dev)
             counts = lut[cls]
@@ -580,8 +602,10 @@ class AdaRevID(_AdaRevBase):
 
     Runtime options (plain attributes, may be changed after construction):
     * `force_exit`: None (default) or n in 0..N: every image runs exactly n decoders (0: the input is returned).
-    * `exit_threshold`: the predicted-gain threshold of scalar classifiers (not used by `hard_simple`).
+    * `exit_threshold`: the predicted-gain threshold of scalar classifiers; for `hard_simple` it selects the table
+      in `exit_tables` when that is given (else it is unused, as upstream).
     * `exit_idx`: class -> decoder count table of the `hard_simple` classifier (an int applies to every class).
+    `exit_tables` (keyword, ours): {threshold: exit_idx} calibrations for hard_simple; see the module notes.
     After each forward `last_info = {"exit": [exit point per image], "decoders": [decoders run per image],
     "classes": [hard_simple class per image], "max_decoders": N}`; `last_logits` holds the classifier logits.
 
@@ -620,6 +644,7 @@ class AdaRevID(_AdaRevBase):
         exit_idx: int | Sequence[int] = 4,
         decoder_idx: int = 4,
         return_cls: bool = False,
+        exit_tables: Mapping[Any, Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         self._build(
@@ -629,6 +654,7 @@ class AdaRevID(_AdaRevBase):
             paths={"state_dict_pth_encoder": state_dict_pth_encoder,
                    "state_dict_pth_classifier": state_dict_pth_classifier,
                    "state_dict_pth_decoder": state_dict_pth_decoder},
+            exit_tables=exit_tables,
         )
         self.test_only = test_only
         self.cal_num_decoders = cal_num_decoders
@@ -696,9 +722,10 @@ class AdaRevIDSlide(_AdaRevBase):
 
     Runtime options (plain attributes, may be changed after construction):
     * `force_exit`: None (default) or n in 0..N: every tile runs exactly n decoders (0: the input is returned).
-    * `exit_threshold`: float or per-step list, the predicted-gain threshold of scalar classifiers (`hard_simple`
-      ignores it, as upstream).
+    * `exit_threshold`: float or per-step list, the predicted-gain threshold of scalar classifiers; for
+      `hard_simple` it selects the table in `exit_tables` when that is given (else it is unused, as upstream).
     * `exit_idx`: class -> decoder count table of the `hard_simple` classifier.
+    `exit_tables` (keyword, ours): {threshold: exit_idx} calibrations for hard_simple; see the module notes.
     * `decoder_idx`: decoders run with `pretrain=True`.
     * `tile_batch`: None or how many tiles go through the decoders at once (memory; results do not change).
     After each forward `last_info = {"exit": [[exit point per tile] per image], "decoders": [[decoders per tile]
@@ -734,6 +761,7 @@ class AdaRevIDSlide(_AdaRevBase):
         num_classes: int = 5,
         exit_idx: Sequence[int] = (4, 3, 2, 1, 0),
         exit_threshold: float | Sequence[float] = 0.25,
+        exit_tables: Mapping[Any, Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         # upstream's default state_dict_pth_encoder is a path on the authors' machine that the Slide never reads
@@ -743,6 +771,7 @@ class AdaRevIDSlide(_AdaRevBase):
             dx=dx, classifier_type=classifier_type, num_classes=num_classes, tlc=True,
             paths={"state_dict_pth_classifier": state_dict_pth_classifier,
                    "state_dict_pth_decoder": state_dict_pth_decoder},
+            exit_tables=exit_tables,
         )
         ts, ov = [int(v) for v in train_size], [int(v) for v in overlap_size]
         if len(ts) != 2 or len(ov) != 2:
@@ -847,11 +876,14 @@ def _describer(arch_id: str, upstream_class: str, tiling: TilingHint) -> Callabl
     return describe
 
 
-# exit_idx of the released configs (not stored in checkpoints), by (decoders, classes): GoPro B and L (threshold
-# 0.05) and RealBlur-R L; RealBlur-J B has the same shape as GoPro B ([4, 4, 4, 3, 3, 2]): its preset says so.
+# exit_idx of the authors' configs at threshold 0.05 (not stored in checkpoints), by (decoders, classes), from the
+# test ymls and their comments: GoPro B and L, RealBlur-R B and L. RealBlur-J B ([4, 4, 4, 3, 3, 2]) and L
+# ([7, 7, 5, 5, 3, 3]) share the GoPro shapes, so a detected RealBlur-J checkpoint gets the GoPro table: presets
+# carry the right one.
 _EXIT_TABLES: dict[tuple[int, int], list[int]] = {
     (4, 6): [4, 4, 3, 3, 2, 1],
     (8, 6): [7, 6, 5, 2, 2, 2],
+    (4, 8): [4, 4, 4, 4, 3, 3, 2, 2],
     (8, 8): [6, 6, 6, 6, 5, 3, 2, 2],
 }
 

@@ -166,6 +166,33 @@ def test_exit_table_and_force_exit_run_fewer_decoders() -> None:
             model(x)
 
 
+def test_exit_threshold_selects_a_calibrated_table_for_hard_simple() -> None:
+    """exit_tables (ours): the authors' per-threshold exit_idx calibrations; a larger threshold, fewer decoders."""
+    x = _image(1, 60, 44)
+    tables = {"0.05": [3, 1, 2, 3], "0.1": [2, 1, 1, 1]}  # TOML-style string keys
+    model = _build("AdaRevIDSlide", {**HARD, "exit_threshold": 0.05, "exit_tables": tables})
+    counter = _DecoderCounter(model)
+    with torch.no_grad():
+        strict = model(x)
+        runs_strict = counter.total
+        classes = model.last_info["classes"][0]
+        assert model.last_info["decoders"][0] == [tables["0.05"][c] for c in classes]
+        counter.units = [0, 0, 0]
+        model.exit_threshold = 0.1
+        loose = model(x)
+        assert model.last_info["decoders"][0] == [tables["0.1"][c] for c in classes]
+        assert counter.total == sum(model.last_info["decoders"][0]) < runs_strict
+        assert _rel(loose, strict) > 1e-3
+        model.exit_threshold = 0.2
+        with pytest.raises(ValueError, match="not calibrated"):
+            model(x)
+    plain = _build("AdaRevIDSlide", HARD, model.state_dict())  # without tables the threshold is unused, as upstream
+    with torch.no_grad():
+        assert torch.equal(plain(x), strict)
+        plain.exit_threshold = 0.1
+        assert torch.equal(plain(x), strict)
+
+
 def test_permissive_threshold_runs_fewer_decoders() -> None:
     """Scalar classifiers: exit when the predicted gain of the next decoder is <= exit_threshold (per tile)."""
     x = _image(1, 60, 44)
