@@ -37,3 +37,22 @@ def test_bundled_model_improves_psnr(preset: presets.Preset) -> None:
     res = evaluate.evaluate(lambda img: api.restore_image(model, img)[0], SHARED / "data" / "val", deg,
                             limit=2, crop=160)
     assert res.gain_psnr > 0.1, res.summary()
+
+
+@pytest.mark.parametrize("preset", BUNDLED, ids=lambda p: p.name)
+def test_bundled_model_half_precision_stays_close(preset: presets.Preset) -> None:
+    """The GPU runs these in fp16 / bf16 (precision auto): trained weights stay within a fraction of 1/255."""
+    import torch
+
+    model = api.load_model(preset.name, device="cpu", offline=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 12, generator=g), size=(48, 48), mode="bicubic")
+    x = x.clamp(0, 1)
+    m = model.module
+    with torch.no_grad():
+        ref = m(x)
+        for dtype, ok in ((torch.float16, model.spec.fp16), (torch.bfloat16, model.spec.bf16)):
+            if ok:
+                y = m.to(dtype)(x.to(dtype)).float()
+                assert float((y - ref).abs().max()) < 4 / 255, dtype
+                m.float()

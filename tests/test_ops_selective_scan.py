@@ -66,8 +66,13 @@ def _inputs(batch: int, dim: int, length: int, n: int, groups: int | None, *, fo
         bc_shape = (batch, n, length)
     else:  # constant
         bc_shape = (dim, n)
+    delta = rnd(batch, dim, length, scale=0.5)
+    if not extras:
+        # Without softplus the caller passes a step size that is already positive, as Mamba does; a negative one
+        # makes the state grow like exp(L) and both sides overflow (inf - inf), which tests nothing.
+        delta = torch.nn.functional.softplus(delta)
     return {
-        "u": rnd(batch, dim, length), "delta": rnd(batch, dim, length, scale=0.5),
+        "u": rnd(batch, dim, length), "delta": delta,
         "A": -torch.exp(rnd(dim, n, scale=0.5)), "B": rnd(*bc_shape), "C": rnd(*bc_shape),
         "D": rnd(dim) if extras else None, "z": rnd(batch, dim, length) if extras else None,
         "delta_bias": rnd(dim, scale=0.5) if extras else None, "delta_softplus": extras,
