@@ -155,3 +155,13 @@ def test_one_channel_model_on_colour_keeps_chroma() -> None:
     gray = (rng.random((12, 14)) * 65535).astype(np.uint16)
     out, _ = restore_image(lm, gray)
     assert out.dtype == np.uint16 and np.array_equal(out, gray)
+
+
+def test_choose_tile_prefers_whole_image_when_it_fits() -> None:
+    from restore_cli.engine.runner import MIN_TILE, choose_tile
+
+    # UFPNet-like: ~12.5 kB per pixel, 60 GB budget: a 1080p frame (26 GB) runs whole, an 8K frame is tiled.
+    assert choose_tile(1080, 1920, per_px=12_500, budget=60e9, margin=320, batch=4, cap=4096) == 0
+    side = choose_tile(4320, 7680, per_px=12_500, budget=60e9, margin=320, batch=4, cap=4096)
+    assert 0 < side < 4320 and (side + 640) ** 2 * 4 * 12_500 <= 60e9
+    assert choose_tile(4320, 7680, per_px=1e9, budget=1e9, margin=0, batch=1, cap=512) == MIN_TILE

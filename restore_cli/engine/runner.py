@@ -58,6 +58,15 @@ def pick_dtype(precision: str, spec: ArchSpec, device: torch.device) -> torch.dt
     return dtype
 
 
+def choose_tile(height: int, width: int, *, per_px: float, budget: float, margin: int, batch: int, cap: int) -> int:
+    """Auto tile size: 0 (whole image) when the whole image fits the memory budget, else the largest square core
+    whose window (core + 2 margins) fits it, within [MIN_TILE, cap]."""
+    if per_px * height * width <= budget:
+        return 0
+    side = int(math.sqrt(budget / (per_px * batch))) - 2 * margin
+    return max(MIN_TILE, min(side, cap))
+
+
 def _is_oom(e: BaseException) -> bool:
     if isinstance(e, torch.cuda.OutOfMemoryError):
         return True
@@ -107,12 +116,9 @@ class Runner:
         per_px = self._probe_bytes_per_pixel()
         free, _ = torch.cuda.mem_get_info(self.device)
         budget = 0.5 * (free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
-        side = int(math.sqrt(budget / (per_px * self.batch))) - 2 * self.margin
         cap = MAX_AUTO_TILE * (2 if self.spec.tiling != "safe" else 1)
-        side = max(MIN_TILE, min(side, cap))
-        if side >= height and side >= width:
-            return 0
-        return side
+        return choose_tile(height, width, per_px=per_px, budget=budget, margin=self.margin, batch=self.batch,
+                           cap=cap)
 
     def _probe_bytes_per_pixel(self) -> float:
         """Activation memory per input pixel: the slope between two probe sizes, so weights and fixed buffers
