@@ -26,7 +26,8 @@ def _has_magic(s: str) -> bool:
     return any(c in s for c in "*?[")
 
 
-def _walk(folder: Path, recursive: bool) -> list[Path]:
+def image_files(folder: Path, *, recursive: bool) -> list[Path]:
+    """Image files in a folder (sorted), skipping hidden files and our own temporaries."""
     if recursive:
         found = [Path(d) / f for d, _, files in os.walk(folder) for f in files]
     else:
@@ -42,7 +43,7 @@ def collect(inputs: list[str], output: Path | None, *, recursive: bool) -> list[
         path = Path(raw).expanduser()
         if path.is_dir():
             root = output if output is not None else path.parent / f"{path.name}_restored"
-            jobs += [Job(p, p.relative_to(path), root) for p in _walk(path, recursive)]
+            jobs += [Job(p, p.relative_to(path), root) for p in image_files(path, recursive=recursive)]
         elif path.is_file():
             root = output if output is not None else path.parent
             rel = Path(path.name) if output is not None else Path(f"{path.stem}_restored{path.suffix}")

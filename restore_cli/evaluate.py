@@ -19,15 +19,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 import torch
 
 from . import metrics
+from .batch import image_files
+from .io import images
 from .training import degrade
 
 RestoreFn = Callable[[np.ndarray], np.ndarray]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -135,38 +135,28 @@ def _finite(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# image files (kept minimal here so evaluation does not depend on the CLI's io layer)
+# image files: through the io layer, so evaluation decodes exactly as the CLI does (orientation, depth, CMYK)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """An image file as HxWx3 float32 RGB in [0, 1] (8 or 16 bit; gray is replicated, alpha dropped)."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f"cannot decode image {path}")
-    scale = 65535.0 if img.dtype == np.uint16 else 255.0
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    elif img.shape[2] == 4:
-        img = img[..., :3]
-    return np.ascontiguousarray(img[..., ::-1], dtype=np.float32) / np.float32(scale)
+    px = images.to_float(images.read_image(Path(path), max_pixels=None).pixels)
+    if px.shape[2] in (1, 2):
+        px = np.repeat(px[..., :1], 3, axis=2)
+    return np.ascontiguousarray(px[..., :3], dtype=np.float32)
 
 
 def write_png(path: str | Path, img: np.ndarray) -> None:
-    """Write HxWx3 float RGB in [0, 1] as an 8-bit PNG."""
-    u8 = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)[..., ::-1]
-    ok, buf = cv2.imencode(".png", u8)
-    if not ok:
-        raise ValueError(f"cannot encode {path}")
+    """Write HxWx3 float RGB in [0, 1] as an 8-bit PNG (atomically)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    buf.tofile(str(path))
+    images.write_image(Path(path), images.from_float(img, np.uint8), fmt="png")
 
 
 def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return image_files(folder, recursive=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------

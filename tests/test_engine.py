@@ -11,7 +11,7 @@ from torch import nn
 
 from archs import ArchSpec
 from restore_cli.engine.runner import Runner
-from restore_cli.engine.tiles import blend_weights, pad_reflect, plan_tiles
+from restore_cli.engine.tiles import pad_reflect, plan_tiles, ramp_1d
 
 
 class LocalNet(nn.Module):
@@ -59,7 +59,8 @@ def test_blend_weights_sum_to_one() -> None:
     plan = plan_tiles(90, 70, tile=32, overlap=12, margin=0, scale=2)
     total = torch.zeros(180, 140)
     for i, j, y, x in plan.positions():
-        total[y * 2:(y + plan.tile_h) * 2, x * 2:(x + plan.tile_w) * 2] += blend_weights(plan, i, j)
+        w = ramp_1d(plan.ys, i, plan.tile_h, 2)[:, None] * ramp_1d(plan.xs, j, plan.tile_w, 2)[None, :]
+        total[y * 2:(y + plan.tile_h) * 2, x * 2:(x + plan.tile_w) * 2] += w
     assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
 
 

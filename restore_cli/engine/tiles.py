@@ -120,13 +120,6 @@ def ramp_1d(starts: tuple[int, ...], index: int, core: int, scale: int) -> torch
     return w
 
 
-def blend_weights(plan: TilePlan, row: int, col: int) -> torch.Tensor:
-    """The (tile_h*s, tile_w*s) weight of one tile's core; neighbouring ramps sum to exactly 1."""
-    wy = ramp_1d(plan.ys, row, plan.tile_h, plan.scale)
-    wx = ramp_1d(plan.xs, col, plan.tile_w, plan.scale)
-    return wy[:, None] * wx[None, :]
-
-
 def pad_reflect(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
     """Reflect padding of any width (torch's needs pad < size): mirror repeatedly, replicate a 1-pixel axis."""
     while left or right or top or bottom:
