@@ -24,12 +24,6 @@ CUDA = torch.device("cuda")
 HALF_TOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32() -> None:
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-
-
 def _golden_io(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     with safe_open(str(path), "pt") as f:
         return f.get_tensor("input"), f.get_tensor("output")

@@ -173,17 +173,9 @@ def test_descriptor() -> None:
     assert archs.spec("restore-rwkv", **SMALL).context == 2 + 4 * 3 + 2 * 4 * 2 + 4 * 4 * 2 + 8 * 4 + 35
 
 
-@pytest.fixture
-def no_tf32() -> Any:
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # TF32 would dominate the error
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_matches_cpu(dtype: torch.dtype, no_tf32: None) -> None:
+def test_cuda_matches_cpu(dtype: torch.dtype) -> None:
     from archs.ops import _build
 
     assert _build.load("bi_wkv") is not None  # the model below runs on the kernel
@@ -198,7 +190,7 @@ def test_cuda_matches_cpu(dtype: torch.dtype, no_tf32: None) -> None:
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", _golden_names() or ["Restore_RWKV__in1_d8_b1-1-1-1_r1.safetensors"])
-def test_cuda_golden(name: str, no_tf32: None) -> None:
+def test_cuda_golden(name: str) -> None:
     """The goldens through the CUDA kernel (float32): same tolerance as on the CPU reference."""
     t, meta = _golden_file(name)
     sys.path.insert(0, str(GOLDEN))
