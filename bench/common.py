@@ -45,9 +45,26 @@ def time_cuda(fn: Callable[[], object], *, warmup: int = 2, repeat: int = 5) -> 
 
 def write_results(out_dir: Path, name: str, env: dict[str, Any], rows: list[dict[str, Any]],
                   columns: list[str]) -> None:
+    """OUT/name.json (environment, columns, rows) and the Markdown table made from it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
-    lines = [f"# {name}", "", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps({"environment": env, "columns": columns, "rows": rows}, indent=2))
+    write_markdown(path)
+
+
+def write_markdown(json_path: Path) -> None:
+    """name.md beside name.json (the device run returns only the JSON; the tables are made here)."""
+    data = json.loads(json_path.read_text())
+    rows = data["rows"]
+    columns = data.get("columns") or list(dict.fromkeys(k for r in rows for k in r))
+    lines = [f"# {json_path.stem}", "", "Environment: " + ", ".join(f"{k} {v}" for k, v in data["environment"].items()),
+             "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    json_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    import sys
+
+    for arg in sys.argv[1:]:  # python bench/common.py bench/results/*.json
+        write_markdown(Path(arg))

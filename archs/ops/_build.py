@@ -29,7 +29,9 @@ _LOCK = threading.Lock()
 @dataclass(frozen=True)
 class OpStatus:
     name: str
-    backend: str  # "cuda" (compiled and loaded), "reference" (fallback), "not built" (not tried yet)
+    # "cuda" (compiled and loaded), "cached" (a build from an earlier run, loaded on first use), "reference"
+    # (fallback), "not built" (not tried yet)
+    backend: str
     arch: str | None  # e.g. "sm_90"
     detail: str
 
@@ -105,7 +107,10 @@ def status() -> list[OpStatus]:
     out = []
     for name in sorted(_SOURCES):
         if name not in _LOADED:
-            out.append(OpStatus(name, "not built", arch, "compiles on first use (or: restore doctor --build)"))
+            built = arch is not None and any((cache_dir() / name).glob(f"restore_{name}*.so"))
+            out.append(OpStatus(name, "cached", arch, f"built earlier, loads on first use from {cache_dir() / name}")
+                       if built else
+                       OpStatus(name, "not built", arch, "compiles on first use (or: restore doctor --build)"))
         elif _LOADED[name] is not None:
             out.append(OpStatus(name, "cuda", arch, f"compiled, cached in {cache_dir() / name}"))
         else:

@@ -223,7 +223,8 @@ class Runner:
                         return _finish(core, quantize)
                     w = ramps_y[i][:, None] * ramps_x[j][None, :]
                     ys, xs = slice(y * s, (y + plan.tile_h) * s), slice(x * s, (x + plan.tile_w) * s)
-                    acc[:, ys, xs] += (core * w).to(work, non_blocking=True)
+                    # blocking: a non_blocking device-to-host copy returns before its data lands
+                    acc[:, ys, xs] += (core * w).to(work)
                     wsum[:, ys, xs] += w.to(work)
         return _finish(acc.div_(wsum), quantize)
 
