@@ -2,6 +2,8 @@
 
 Sizes are ConvMambaSR's SS2D at the official width (embed 96 -> d_inner 192, K = 4 directions -> 768 scanned
 channels in 4 B/C groups, d_state 16, delta_bias + softplus, D skip, no z), on tile batches and on whole maps.
+Where mamba-ssm's `selective_scan_cuda` is importable (bench/mamba_ssm_build.py), its kernel gets rows of its own
+against the same reference.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from collections.abc import Callable
 
 import torch
 
-from archs.ops.selective_scan import selective_scan, selective_scan_ref
+from archs.ops.selective_scan import mamba_ssm_kernel, selective_scan, selective_scan_ref
 
 
-def _case(batch: int, side: int, dtype: torch.dtype, *, channels: int = 768, groups: int = 4,
-          n: int = 16) -> tuple[Callable[[], None], Callable[[], None]]:
+def _case(batch: int, side: int, dtype: torch.dtype, *, channels: int = 768, groups: int = 4, n: int = 16,
+          backend: str = "restore") -> tuple[Callable[[], None], Callable[[], None]]:
     g = torch.Generator(device="cuda").manual_seed(0)
     length = side * side
 
@@ -31,7 +33,7 @@ def _case(batch: int, side: int, dtype: torch.dtype, *, channels: int = 768, gro
 
     def kernel() -> None:
         with torch.inference_mode():
-            selective_scan(u, delta, A, B, C, D, None, bias, True)
+            selective_scan(u, delta, A, B, C, D, None, bias, True, backend=backend)
 
     def reference() -> None:
         with torch.inference_mode():
@@ -53,4 +55,7 @@ def cases() -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
     ]:
         kernel, reference = _case(batch, side, dtype)
         out.append((label, kernel, reference))
+        if mamba_ssm_kernel() is not None:
+            kernel, reference = _case(batch, side, dtype, backend="mamba_ssm")
+            out.append((label + " [mamba-ssm kernel]", kernel, reference))
     return out

@@ -246,6 +246,11 @@ def doctor(build: Annotated[bool, typer.Option("--build", help="Compile every CU
     for st in (ops.build_all(verbose=verbose) if build else ops.status()):
         table.add_row(st.name, st.backend, st.arch or "-", st.detail)
     out.print(table)
+    from archs.ops.selective_scan import mamba_ssm_kernel
+
+    mamba = mamba_ssm_kernel()
+    out.print("mamba-ssm selective_scan_cuda: " + (f"importable ({mamba.__file__}); selective_scan backend "
+                                                   "'mamba_ssm' available" if mamba else "not installed"))
 
 
 # -- eval -------------------------------------------------------------------------------------------------------

@@ -84,4 +84,4 @@ def test_doctor_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert p.returncode == 0, p.stderr
     for op in OPS:
         assert op in p.stdout
-    assert "torch" in p.stdout
+    assert "torch" in p.stdout and "mamba-ssm selective_scan_cuda:" in p.stdout

@@ -11,16 +11,22 @@ Shapes: u, delta, z (batch, dim, L); A (dim, N) real; D, delta_bias (dim,). B an
 d // (dim // G), as in mamba. The result has u's dtype; all arithmetic is float32 (float64 inputs stay float64 in
 the reference).
 
-Backends: `selective_scan` runs the compiled kernel (csrc/selective_scan/) for CUDA tensors when it was built and
-no gradient is wanted, else `selective_scan_ref`. The reference is vectorised: L is cut into chunks that are all
+Backends (`backend=` or RESTORE_SELECTIVE_SCAN): "restore", our compiled kernel (csrc/selective_scan/); "mamba_ssm",
+the `selective_scan_cuda` extension that the mamba-ssm package installs (its forward, called directly: importing
+mamba_ssm itself pulls in transformers and Triton kernels we do not need); "reference", `selective_scan_ref`; and
+"auto" (default): ours, else mamba-ssm's when importable, else the reference. Kernels run for CUDA tensors when no
+gradient is wanted; everything else takes the reference. The reference is vectorised: L is cut into chunks that are all
 scanned at once from a zero state, then the chunk end-states are chained, then every chunk is scanned again from
 its true entry state (about 3*sqrt(L) small steps instead of L), the same decomposition the kernel uses.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
-from typing import Literal, overload
+import os
+from types import ModuleType
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +36,18 @@ from . import _build
 _build.register("selective_scan", ["selective_scan/selective_scan.cpp", "selective_scan/selective_scan_kernel.cu"])
 
 _HALF = (torch.float16, torch.bfloat16)
+BACKENDS = ("auto", "restore", "mamba_ssm", "reference")
+_MAMBA: list[ModuleType | None] = []  # memo of the mamba-ssm extension lookup
+
+
+def mamba_ssm_kernel() -> ModuleType | None:
+    """mamba-ssm's compiled `selective_scan_cuda` module, or None when it is not installed (or fails to load)."""
+    if not _MAMBA:
+        try:
+            _MAMBA.append(importlib.import_module("selective_scan_cuda"))
+        except (ImportError, OSError):  # OSError: a build for another torch (undefined symbols)
+            _MAMBA.append(None)
+    return _MAMBA[0]
 
 
 def _grouped(m: torch.Tensor, batch: int, dim: int, length: int, name: str) -> torch.Tensor:
@@ -69,7 +87,7 @@ def selective_scan_ref(
 def selective_scan_ref(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = ..., z: torch.Tensor | None = ..., delta_bias: torch.Tensor | None = ...,
-    delta_softplus: bool = ..., *, return_last_state: Literal[True],
+    delta_softplus: bool = ..., *, return_last_state: Literal[True], backend: str | None = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -77,7 +95,7 @@ def selective_scan_ref(
 def selective_scan_ref(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = ..., z: torch.Tensor | None = ..., delta_bias: torch.Tensor | None = ...,
-    delta_softplus: bool = ..., return_last_state: bool = ...,
+    delta_softplus: bool = ..., return_last_state: bool = ..., backend: str | None = ...,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -180,7 +198,7 @@ def selective_scan(
 def selective_scan(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = ..., z: torch.Tensor | None = ..., delta_bias: torch.Tensor | None = ...,
-    delta_softplus: bool = ..., *, return_last_state: Literal[True],
+    delta_softplus: bool = ..., *, return_last_state: Literal[True], backend: str | None = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -188,7 +206,7 @@ def selective_scan(
 def selective_scan(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = ..., z: torch.Tensor | None = ..., delta_bias: torch.Tensor | None = ...,
-    delta_softplus: bool = ..., return_last_state: bool = ...,
+    delta_softplus: bool = ..., return_last_state: bool = ..., backend: str | None = ...,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -203,22 +221,34 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """mamba's selective_scan_fn (forward): the CUDA kernel when it applies, else `selective_scan_ref`."""
+    """mamba's selective_scan_fn (forward) on the chosen backend (module docstring); `auto` unless told."""
+    choice = backend or os.environ.get("RESTORE_SELECTIVE_SCAN") or "auto"
+    if choice not in BACKENDS:
+        raise ValueError(f"unknown selective_scan backend {choice!r}; choose one of {', '.join(BACKENDS)}")
     args = (u, delta, A, B, C, D, z, delta_bias)
     tensors = [t for t in args if t is not None]
     use_kernel = (
-        u.is_cuda
+        choice != "reference"
+        and u.is_cuda
         and all(t.device == u.device for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))  # forward-only kernel
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))  # forward-only kernels
         and u.dtype in (torch.float32, *_HALF)
         and not A.is_complex()
         and _kernel_layout(B) >= 0
         and _kernel_layout(B) == _kernel_layout(C)  # mixed forms are rare: the reference handles them
         and (B.dim() != 4 or B.shape[1] == C.shape[1])
     )
-    ext = _build.load("selective_scan") if use_kernel else None
-    if ext is None:
+    ours = _build.load("selective_scan") if use_kernel and choice in ("auto", "restore") else None
+    if use_kernel and ours is None and choice in ("auto", "mamba_ssm"):
+        theirs = mamba_ssm_kernel()
+        if theirs is None and choice == "mamba_ssm":
+            raise RuntimeError("selective_scan backend 'mamba_ssm' asked for, but mamba-ssm's selective_scan_cuda "
+                               "extension is not importable")
+        if theirs is not None:
+            return mamba_ssm_forward(theirs, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if ours is None:
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     _check(u, delta, A, z)
     _grouped(B, u.shape[0], u.shape[1], u.shape[2], "B")
@@ -230,7 +260,7 @@ def selective_scan(
     def f32(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(torch.float32).contiguous()
 
-    out, last = ext.fwd(
+    out, last = ours.fwd(
         u.to(io).contiguous(), delta.to(io).contiguous(), f32(A), B.to(bc).contiguous(), C.to(bc).contiguous(),
         f32(D), None if z is None else z.to(io).contiguous(), f32(delta_bias), bool(delta_softplus),
         bool(return_last_state),
@@ -239,4 +269,33 @@ def selective_scan(
     return (out, last) if return_last_state else out
 
 
-__all__ = ["selective_scan", "selective_scan_ref"]
+def mamba_ssm_forward(ext: Any, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                      C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                      delta_softplus: bool,
+                      return_last_state: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Call mamba-ssm's `selective_scan_cuda.fwd` with the layouts and dtypes it insists on (what its
+    selective_scan_fn wrapper prepares): u/delta/z and varying B/C in u's dtype, A/D/delta_bias and constant B/C in
+    float32, (batch, N, L) B/C as one group. It returns (out, chunk states[, gated out]); the last state is the odd
+    entries of the last chunk."""
+    _check(u, delta, A, z)
+    _grouped(B, u.shape[0], u.shape[1], u.shape[2], "B")
+    _grouped(C, u.shape[0], u.shape[1], u.shape[2], "C")
+    io = u.dtype
+
+    def bc(m: torch.Tensor) -> torch.Tensor:
+        if m.dim() == 2:
+            return m.to(torch.float32).contiguous()
+        return (m[:, None] if m.dim() == 3 else m).to(io).contiguous()
+
+    def f32(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(torch.float32).contiguous()
+
+    res = ext.fwd(u.contiguous(), delta.to(io).contiguous(), f32(A), bc(B), bc(C), f32(D),
+                  None if z is None else z.to(io).contiguous(), f32(delta_bias), bool(delta_softplus))
+    out = res[2] if z is not None else res[0]
+    if not return_last_state:
+        return out
+    return out, res[1][:, :, -1, 1::2]
+
+
+__all__ = ["BACKENDS", "mamba_ssm_forward", "mamba_ssm_kernel", "selective_scan", "selective_scan_ref"]
