@@ -52,6 +52,9 @@ if want mamba && [ -n "$mamba_src" ]; then  # the mamba-ssm rows and the three-b
 fi
 want ops && timeout 120 python3 bench/ops.py --out "$out" > /dev/null 2>&1
 up=""; [ -d build/upstream_bi_wkv ] && up="--upstream-dir build/upstream_bi_wkv"
-want upstream && timeout 120 python3 bench/bi_wkv_upstream_check.py $up > "$out/bi_wkv_upstream.txt" 2>&1
+if want upstream; then
+    timeout 120 python3 bench/bi_wkv_upstream_check.py $up > "$out/bi_wkv_upstream.txt" 2>&1
+    timeout 120 python3 bench/bi_wkv_upstream_check.py $up --strong >> "$out/bi_wkv_upstream.txt" 2>&1
+fi
 rm -f "$out"/*.md
 tail -3 "$out/cuda_tests.log" 2>/dev/null; head -20 "$out/build.log" 2>/dev/null; true
