@@ -185,14 +185,14 @@ def test_reference_is_differentiable() -> None:
 # compiled kernels (H200 run)
 
 CUDA_SHAPES = [
-    # (B, heads, H, W, D), kernel, dilation
+    # (B, heads, H, W, D), kernel, dilation; fused: D in (8, 16, 24, 32, 48, 64) takes the row kernel, others the team
     ((2, 3, 33, 47, 16), (3, 3), (1, 1)),
     ((1, 2, 31, 29, 16), (3, 3), (2, 2)),
     ((2, 1, 23, 37, 32), (5, 5), (1, 1)),
-    ((1, 4, 18, 25, 3), (5, 3), (3, 2)),  # D not a power of two, per-axis windows
+    ((1, 4, 18, 25, 3), (5, 3), (3, 2)),  # D not a power of two, per-axis windows (team kernel)
     ((1, 1, 9, 9, 1), (3, 3), (3, 3)),  # H = W = kernel x dilation, D = 1
-    ((1, 2, 40, 21, 48), (7, 7), (1, 3)),  # two channel slots per lane
-    ((3, 1, 17, 64, 100), (3, 5), (1, 1)),  # four slots, ragged
+    ((1, 2, 40, 21, 48), (7, 7), (1, 3)),  # row kernel, 16x16 tiles
+    ((3, 1, 17, 64, 100), (3, 5), (1, 1)),  # team kernel: four slots, ragged
     ((1, 1, 12, 13, 256), (3, 3), (1, 2)),  # the largest fused head dim
     ((1, 1, 11, 10, 300), (3, 3), (1, 1)),  # past it: qk + softmax + av kernels
     ((4, 6, 64, 96, 16), (5, 5), (1, 1)),  # many blocks
@@ -276,3 +276,80 @@ def test_cuda_large_batch_no_nan() -> None:
         want = na2d_reference(q.double(), k.double(), v.double(), 3, 2, rpb.double())
     assert _rel(out, want) < TOL[torch.float16]
     assert math.isfinite(float(out.float().abs().max()))
+
+
+# the fused row kernel (one thread per query, D in registers): every head dim it is built for, on odd sizes, dilations
+# 1-5, kernels 3/5/7, several heads and batches, and tile shapes 32x8 (wide), 16x16 and 8x32 (tall)
+ROW_HEAD_DIMS = (8, 16, 24, 32, 48, 64)
+ROW_GEOMETRIES = [
+    # (B, heads, H, W), kernel, dilation
+    ((2, 3, 37, 53), (3, 3), (1, 1)),
+    ((2, 3, 37, 53), (5, 5), (2, 3)),
+    ((1, 3, 29, 31), (7, 7), (3, 2)),
+    ((2, 1, 21, 64), (7, 5), (3, 1)),  # H = kernel x dilation
+    ((1, 2, 96, 7), (3, 3), (5, 2)),  # tall and thin: 8x32 tiles
+    ((1, 1, 300, 9), (3, 3), (7, 3)),  # W = kernel x dilation, 16x16 tiles, H past a few tiles
+    ((1, 1, 40, 33), (5, 3), (1, 2)),  # 16x16 tiles
+]
+
+
+def _fused_vs_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor | None,
+                        kernel: tuple[int, int], dil: tuple[int, int], scale: float, tol: float) -> torch.Tensor:
+    with torch.no_grad():
+        got = na2d(q, k, v, kernel, dil, rpb, scale)
+        want = na2d_reference(q.double(), k.double(), v.double(), kernel, dil, None if rpb is None else rpb.double(),
+                              scale)
+    assert got.dtype == q.dtype and got.shape == q.shape and torch.isfinite(got).all()
+    err = _rel(got, want)
+    assert err < tol, (tuple(q.shape), kernel, dil, rpb is None, err)
+    return got
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", ROW_HEAD_DIMS)
+def test_cuda_row_kernel_matches_reference(head_dim: int, dtype: torch.dtype) -> None:
+    _cuda_module()
+    for n, (bhw, kernel, dil) in enumerate(ROW_GEOMETRIES):
+        shape = (*bhw, head_dim)
+        q, k, v, rpb = _inputs(shape, kernel, dtype=dtype, device="cuda", seed=head_dim + n)
+        for bias in (rpb, None):
+            _fused_vs_reference(q, k, v, bias, kernel, dil, 0.7 * head_dim ** -0.5, TOL[dtype])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_row_kernel_large_logits(dtype: torch.dtype) -> None:
+    """Logits of a few hundred: the online softmax must rescale instead of overflowing."""
+    _cuda_module()
+    shape, kernel = (1, 2, 20, 27, 16), (5, 5)
+    q, k, v, rpb = _inputs(shape, kernel, dtype=dtype, device="cuda", seed=7)
+    # (near one-hot weights: float32 rounding of logits in the hundreds moves them by more than the usual bound)
+    _fused_vs_reference(q * 4, k * 4, v, rpb * 50, kernel, (1, 1), 1.0, max(TOL[dtype], 1e-4))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_fused_team_kernel_fallbacks(dtype: torch.dtype) -> None:
+    """What the row kernel does not take goes to the team kernel: other head dims (12, 40: no instance; 4, 6),
+    inputs that start off a 16-byte boundary; float64 is covered by test_cuda_float64_and_non_contiguous_inputs."""
+    _cuda_module()
+    for n, head_dim in enumerate((4, 6, 12, 40)):
+        shape, kernel, dil = (2, 3, 19, 23, head_dim), (5, 3), (2, 3)
+        q, k, v, rpb = _inputs(shape, kernel, dtype=dtype, device="cuda", seed=n)
+        for bias in (rpb, None):
+            _fused_vs_reference(q, k, v, bias, kernel, dil, head_dim ** -0.5, TOL[dtype])
+    # the same data through both kernels: aligned (row kernel) and one element into a buffer (team kernel)
+    shape, kernel, dil = (2, 3, 37, 53, 16), (5, 5), (2, 1)
+    q, k, v, rpb = _inputs(shape, kernel, dtype=dtype, device="cuda", seed=11)
+
+    def shifted(t: torch.Tensor) -> torch.Tensor:
+        buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        out = buf[1:].view(t.shape)
+        out.copy_(t)
+        assert out.is_contiguous() and out.data_ptr() % 16 != 0
+        return out
+
+    row = _fused_vs_reference(q, k, v, rpb, kernel, dil, 0.25, TOL[dtype])
+    team = _fused_vs_reference(shifted(q), shifted(k), shifted(v), rpb, kernel, dil, 0.25, TOL[dtype])
+    assert _rel(row, team) < 2 * TOL[dtype]

@@ -139,6 +139,170 @@ def test_kernel_index_math_matches_reference(cfg: Config) -> None:
     assert (emulate_kernel(x, k, up, down, pad) - want).abs().max() < 1e-12
 
 
+# The tiled kernels of csrc/upfirdn2d/upfirdn2d_kernel.cu: the host's choice (launch_tiled_any / launch_tiled) and
+# the device loops (tile origin, input window, vector-aligned first column, fill, per-row first tap, the fir kernel's
+# sliding strip), with the capacity bounds and "only filled samples are read" asserted.
+TILED_THREADS, MAX_TILED_TAPS, SMEM_BUDGET = 256, 8, 48 * 1024
+
+
+def _round_up(a: int, m: int) -> int:
+    return (a + m - 1) // m * m
+
+
+def _tile_stride(tile_w: int, down_x: int, kw: int, up_x: int, vec: int) -> int:
+    return _round_up(((tile_w - 1) * down_x + kw - 1) // up_x + 1 + vec - 1, vec)
+
+
+def _tile_rows(tile_h: int, down_y: int, kh: int, up_y: int) -> int:
+    return ((tile_h - 1) * down_y + kh - 1) // up_y + 1
+
+
+def tiled_plan(out_h: int, out_w: int, ks: tuple[int, int], up: tuple[int, int], down: tuple[int, int],
+               vec: int) -> tuple[str, int, int, int, int, int] | None:
+    """(kind, tile_w, tile_h, rows_per_thread, sw, sh) as the host picks them, None for the fallback kernel."""
+    (ux, uy), (dx, dy), (kh, kw) = up, down, ks
+    if ux == uy == 1 and kh == kw == 4 and dx == dy and dx in (1, 2):
+        bx, m = (64, 16) if dx == 1 else (32, 4)
+        th = TILED_THREADS // bx * m
+        sw, sh = _tile_stride(bx, dx, 4, 1, vec), _tile_rows(th, dx, 4, 1)
+        assert sw * sh * 4 <= SMEM_BUDGET
+        return "fir", bx, th, m, sw, sh
+    if kh > MAX_TILED_TAPS or kw > MAX_TILED_TAPS:
+        return None
+    for bx in (64, 32) if dx == 1 and out_w > 32 else (32,):
+        by, m = TILED_THREADS // bx, 8
+        while m > 1 and by * (m // 2) >= out_h:
+            m //= 2
+        while m >= 1:
+            th = by * m
+            sw, sh = _tile_stride(bx, dx, kw, ux, vec), _tile_rows(th, dy, kh, uy)
+            if (_round_up(sw * sh, 4) + kh * kw + 2 * th) * 4 <= SMEM_BUDGET:
+                return "tiled", bx, th, m, sw, sh
+            m //= 2
+    return None
+
+
+def emulate_tiled(x: torch.Tensor, k: torch.Tensor, up: tuple[int, int], down: tuple[int, int],
+                  pad: tuple[int, int, int, int], vec: int) -> torch.Tensor | None:
+    """The tiled kernels sample by sample in float64 (None where the host picks the fallback)."""
+    (ux, uy), (dx, dy), (px0, px1, py0, py1) = up, down, pad
+    n, c, h, w = x.shape
+    kh, kw = k.shape
+    out_h, out_w = (h * uy + py0 + py1 - kh) // dy + 1, (w * ux + px0 + px1 - kw) // dx + 1
+    plan = tiled_plan(out_h, out_w, (kh, kw), up, down, vec)
+    if plan is None:
+        return None
+    kind, tw, th, rpt, sw, sh = plan
+    by = TILED_THREADS // tw
+    taps = k.double().flatten().flip(0).reshape(kh, kw).tolist()  # flipped
+    xs = x.double().reshape(n * c, h, w).tolist()
+    out = [[[None] * out_w for _ in range(out_h)] for _ in range(n * c)]
+
+    for p in range(n * c):
+        for oy0 in range(0, out_h, th):
+            for ox0 in range(0, out_w, tw):
+                ow, oh = min(tw, out_w - ox0), min(th, out_h - oy0)
+                if kind == "tiled":
+                    ix_lo, ix_hi = -((-(ox0 * dx - px0)) // ux), ((ox0 + ow - 1) * dx - px0 + kw - 1) // ux
+                    iy_lo, iy_hi = -((-(oy0 * dy - py0)) // uy), ((oy0 + oh - 1) * dy - py0 + kh - 1) // uy
+                    rows = max(0, iy_hi - iy_lo + 1)
+                else:
+                    ix_lo, ix_hi = ox0 * dx - px0, (ox0 + ow - 1) * dx - px0 + kw - 1
+                    iy_lo, rows = oy0 * dy - py0, (oh - 1) * dy + kh
+                sx0 = ix_lo if vec == 1 else ix_lo // vec * vec
+                cols = _round_up(max(0, ix_hi - sx0 + 1), vec)
+                assert 0 <= rows <= sh and 0 <= cols <= sw and sx0 % vec == 0 and sw % vec == 0
+                tile: list[list[float | None]] = [[None] * sw for _ in range(sh)]
+                for r in range(rows):
+                    for cc in range(0, cols, vec):
+                        gy, gx = iy_lo + r, sx0 + cc
+                        inside = 0 <= gy < h and 0 <= gx < w
+                        assert not inside or gx + vec <= w  # a vector is wholly in or out
+                        for e in range(vec):
+                            tile[r][cc + e] = xs[p][gy][gx + e] if inside else 0.0
+                for tyi in range(by):
+                    for txi in range(min(tw, ow)):
+                        if kind == "tiled":
+                            ox = ox0 + txi
+                            uxx = ox * dx - px0
+                            kx0 = (-uxx) % ux
+                            lx = (uxx + kx0) // ux - sx0  # exact, so C's division agrees
+                            for i in range(tyi * rpt, min(oh, (tyi + 1) * rpt)):
+                                uyy = (oy0 + i) * dy - py0
+                                k0 = (-uyy) % uy
+                                assert (uxx + kx0) % ux == 0 and (uyy + k0) % uy == 0
+                                ly = (uyy + k0) // uy - iy_lo
+                                acc, ky = 0.0, k0
+                                while ky < kh:
+                                    kx, j = kx0, 0
+                                    while kx < kw:
+                                        v = tile[ly][lx + j]
+                                        assert v is not None and ly < rows and lx + j < cols
+                                        acc += v * taps[ky][kx]
+                                        kx, j = kx + ux, j + 1
+                                    ky, ly = ky + uy, ly + 1
+                                assert out[p][oy0 + i][ox] is None
+                                out[p][oy0 + i][ox] = acc
+                        else:
+                            m0 = tyi * rpt
+                            n_out = min(rpt, oh - m0)
+                            if n_out <= 0:
+                                continue
+                            col = txi * dx + (ix_lo - sx0)
+                            avail = rows - m0 * dy
+                            accs = [0.0] * rpt
+                            for r in range((rpt - 1) * dy + kh):
+                                if r < avail:
+                                    v = [tile[m0 * dy + r][col + kx] for kx in range(kw)]
+                                    assert None not in v and col + kw <= cols
+                                else:
+                                    v = [0.0] * kw
+                                for m in range(rpt):
+                                    ky = r - m * dy
+                                    if 0 <= ky < kh:
+                                        accs[m] += sum(v[kx] * taps[ky][kx] for kx in range(kw))
+                            for m in range(n_out):
+                                assert out[p][oy0 + m0 + m][ox0 + txi] is None
+                                out[p][oy0 + m0 + m][ox0 + txi] = accs[m]
+    assert all(v is not None for plane in out for row in plane for v in row)
+    return torch.tensor(out, dtype=torch.float64).reshape(n, c, out_h, out_w)
+
+
+TILED_CONFIGS: list[Config] = [
+    *CONFIGS,
+    ((1, 1), (1, 1), (-2, 3, 2, -1), (4, 4)),  # fir kernel, crops and pads
+    ((1, 1), (2, 2), (0, -1, -2, 3), (4, 4)),  # fir kernel, down 2
+    ((1, 1), (2, 1), (1, 1, 1, 1), (4, 4)),  # down_x != down_y: general
+    ((1, 2), (1, 1), (1, 2, 2, 1), (4, 4)),  # up only along y: general
+    ((1, 1), (4, 4), (2, 2, -1, 1), (5, 5)),
+    ((2, 2), (2, 2), (1, 1, 1, 1), (3, 3)),
+    ((1, 1), (1, 1), (3, 4, 4, 3), (8, 8)),  # the largest general filter
+    ((1, 1), (1, 1), (5, 6, 6, 5), (12, 12)),  # fallback
+]
+
+
+@pytest.mark.parametrize("cfg", TILED_CONFIGS, ids=str)
+def test_tiled_kernel_index_math_matches_reference(cfg: Config) -> None:
+    up, down, pad, ks = cfg
+    (ux, uy), (dx, dy) = up, down
+    # small, then several tiles in each direction (the fir blur tile is 64 x 64 outputs)
+    shapes = [(1, 2, 6, 5), (1, 1, max(1, 70 * dy // uy), max(1, 136 * dx // ux))]
+    for i, shape in enumerate(shapes):
+        if not _fits(shape, cfg):
+            continue
+        x, k = _inputs(shape, ks, seed=7 + i)
+        want = upfirdn2d_reference(x.double(), k.double(), up, down, pad)
+        for vec in (1, 4, 8):
+            if shape[-1] % vec:
+                continue
+            got = emulate_tiled(x, k, up, down, pad, vec)
+            if got is None:
+                assert max(ks) > MAX_TILED_TAPS
+                continue
+            assert got.shape == want.shape
+            assert (got - want).abs().max() < 1e-10
+
+
 def test_dispatcher_argument_forms() -> None:
     """int / (x, y) factors; (p0, p1) pads both axes as BasicSR, four values are (x0, x1, y0, y1)."""
     x, k = _inputs((1, 2, 6, 9), (4, 4), seed=1)
@@ -317,3 +481,152 @@ def test_cuda_fused_leaky_relu_half_bias_and_noncontiguous() -> None:
     with torch.no_grad():
         got = fused_leaky_relu(x, bias)
     assert rel(got, fused_leaky_relu_reference(x.double(), bias.double())) < 1e-3
+
+
+# ---------------------------------------------------------------------------------- CUDA: tiled kernels and paths
+
+# (up, down, pad, kernel): the fir kernel (up 1, 4x4, down 1 or 2), the general tiled kernel (up/down 1/2/4, 1x1 to
+# 8x8 filters, pads of both signs) and the fallback (12x12)
+PATH_CONFIGS: list[Config] = [
+    ((1, 1), (1, 1), (1, 1, 1, 1), (4, 4)),  # fir: StyleGAN2 blur
+    ((1, 1), (1, 1), (-2, 3, 2, -1), (4, 4)),  # fir: crop and pad
+    ((1, 1), (2, 2), (1, 1, 1, 1), (4, 4)),  # fir: FIR downsample
+    ((1, 1), (2, 2), (0, -1, -2, 3), (4, 4)),  # fir: down 2, crop and pad
+    ((2, 2), (1, 1), (2, 1, 2, 1), (4, 4)),  # tiled: StyleGAN2 FIR upsample
+    ((4, 4), (1, 1), (3, -2, -1, 4), (5, 5)),  # tiled: up 4, mixed pads
+    ((1, 1), (4, 4), (2, 2, -1, 1), (5, 5)),  # tiled: down 4
+    ((2, 1), (1, 2), (1, 2, 0, -1), (3, 3)),  # tiled: per-axis factors
+    ((2, 2), (2, 2), (1, 1, 1, 1), (3, 3)),
+    ((1, 1), (2, 1), (1, 1, 1, 1), (4, 4)),  # tiled: 4x4 but down_x != down_y
+    ((1, 2), (1, 1), (1, 2, 2, 1), (4, 4)),  # tiled: 4x4 but up along y
+    ((1, 1), (1, 1), (1, 1, 2, 1), (4, 3)),  # tiled: non-square
+    ((1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),  # tiled: identity
+    ((1, 1), (1, 1), (3, 4, 4, 3), (8, 8)),  # tiled: largest filter
+    ((1, 1), (1, 1), (5, 6, 6, 5), (12, 12)),  # fallback
+    ((4, 2), (2, 4), (6, 5, 5, 6), (12, 12)),  # fallback with factors
+]
+# 1x1, odd, tile boundaries of the fir blur (64 x 64 outputs) and general tiles (32/64 wide), widths that allow
+# 16-byte loads (multiples of 8) and widths that do not
+PATH_SHAPES = [(1, 1, 1, 1), (1, 2, 7, 13), (2, 3, 33, 65), (1, 1, 64, 64), (1, 1, 65, 129), (1, 2, 63, 31),
+               (1, 1, 67, 67), (1, 1, 130, 8)]
+HALF_EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # one ulp: twice the rounding bound
+
+
+def _check_upfirdn2d(x: torch.Tensor, k: torch.Tensor, up: tuple[int, int], down: tuple[int, int],
+                     pad: tuple[int, int, int, int]) -> None:
+    """The kernel vs the float64 reference on the same (rounded) input: float32 accumulation and one rounding."""
+    with torch.no_grad():
+        got = upfirdn2d(x, k, up=up, down=down, pad=pad)
+    want = upfirdn2d_reference(x.double(), k.double(), up, down, pad)
+    assert got.dtype == x.dtype and got.shape == want.shape and not got.isnan().any()
+    err = (got.double() - want).abs()
+    scale = want.abs().max().clamp_min(1)
+    if x.dtype == torch.float32:
+        assert err.max() <= 1e-5 * scale
+    else:
+        assert (err <= HALF_EPS[x.dtype] * want.abs() + 1e-5 * scale).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cfg", PATH_CONFIGS, ids=str)
+@pytest.mark.parametrize("shape", PATH_SHAPES, ids=str)
+def test_cuda_upfirdn2d_paths_match_reference(cfg: Config, shape: tuple[int, int, int, int]) -> None:
+    up, down, pad, ks = cfg
+    if not _fits(shape, cfg):
+        pytest.skip("padded signal shorter than the kernel")
+    for i, dtype in enumerate((torch.float32, torch.float16, torch.bfloat16)):
+        x, k = _cuda_inputs(shape, ks, seed=sum(shape) + i, dtype=dtype)
+        _check_upfirdn2d(x, k, up, down, pad)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cuda_upfirdn2d_large_images(dtype: torch.dtype) -> None:
+    """The benchmark's calls at one or two planes: blur 1025 -> 1024, FIR x2 up, FIR x2 down of 1080p."""
+    k4 = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    k4 = (k4[:, None] * k4[None, :]) / 64
+    x = torch.randn(1, 2, 1025, 1025, device="cuda").to(dtype)
+    _check_upfirdn2d(x, k4 * 4, (1, 1), (1, 1), (1, 1, 1, 1))
+    _check_upfirdn2d(x, torch.rand(4, 4) + 0.1, (1, 1), (1, 1), (2, 1, 1, 2))  # non-separable taps
+    x = torch.randn(1, 3, 512, 512, device="cuda").to(dtype)
+    _check_upfirdn2d(x, k4 * 4, (2, 2), (1, 1), (2, 1, 2, 1))
+    x = torch.randn(1, 1, 1080, 1920, device="cuda").to(dtype)
+    _check_upfirdn2d(x, k4, (1, 1), (2, 2), (1, 1, 1, 1))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cfg", [PATH_CONFIGS[i] for i in (0, 2, 4, 5, 14)], ids=str)
+def test_cuda_upfirdn2d_many_and_single_planes(cfg: Config) -> None:
+    """70000 planes of 4x4 (more than one grid dimension holds) and a single plane, every path."""
+    up, down, pad, ks = cfg
+    for shape in ((1, 70_000, 4, 4), (2, 35_000, 4, 4), (1, 1, 4, 4)):
+        if not _fits(shape, cfg):
+            continue
+        x, k = _cuda_inputs(shape, ks, seed=11, dtype=torch.float32)
+        _check_upfirdn2d(x, k, up, down, pad)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cuda_upfirdn2d_unaligned_input(dtype: torch.dtype) -> None:
+    """A width that allows 16-byte loads but a storage offset that does not: the scalar loads must be chosen."""
+    k = torch.rand(4, 4) + 0.1
+    base = torch.randn(1 + 2 * 3 * 40 * 64, device="cuda").to(dtype)
+    x = base[1:].view(2, 3, 40, 64)
+    assert x.is_contiguous() and x.data_ptr() % 16 != 0
+    for up, down, pad in (((1, 1), (1, 1), (1, 1, 1, 1)), ((1, 1), (2, 2), (1, 1, 1, 1)),
+                          ((2, 2), (1, 1), (2, 1, 2, 1))):
+        _check_upfirdn2d(x, k, up, down, pad)
+
+
+@pytest.mark.cuda
+def test_cuda_upfirdn2d_float64_uses_reference() -> None:
+    x = torch.randn(1, 2, 9, 11, device="cuda", dtype=torch.float64)
+    k = torch.rand(4, 4, device="cuda", dtype=torch.float64)
+    with torch.no_grad():
+        got = upfirdn2d(x, k, up=2, pad=(2, 1))
+    assert got.dtype == torch.float64
+    assert (got - upfirdn2d_reference(x, k, (2, 2), (1, 1), (2, 1, 2, 1))).abs().max() < 1e-12
+
+
+def _act_float32(x: torch.Tensor, bias: torch.Tensor | None, slope: float, scale: float) -> torch.Tensor:
+    """The kernel's arithmetic in PyTorch: float32 x + bias (+0 without one), leaky ReLU, scale, one rounding."""
+    v = x.float()
+    v = v + (bias.float().reshape(1, -1, *([1] * (x.ndim - 2))) if bias is not None else 0.0)
+    v = torch.where(v > 0, v, v * torch.tensor(slope, dtype=torch.float32))
+    return (v * torch.tensor(scale, dtype=torch.float32)).to(x.dtype)
+
+
+# inner = 1 ((B, C) linear outputs), inner < 8 (vectors across rows), odd inners (unaligned rows), 2-D to 5-D, many
+# channels, a tensor large enough for several grid-stride rounds
+ACT_SHAPES = [(5, 3), (4, 1000), (3, 4, 2), (2, 7, 33), (2, 3, 7, 5), (2, 5, 37, 53), (1, 2, 1, 1, 3),
+              (2, 3, 1500, 1001)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", ACT_SHAPES, ids=str)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_cuda_fused_leaky_relu_is_the_float32_formula(shape: tuple[int, ...], with_bias: bool) -> None:
+    """Bit-identical to the float32 formula, for every dtype, aligned and misaligned (storage offset) inputs."""
+    g = torch.Generator().manual_seed(sum(shape))
+    numel = math.prod(shape)
+    bias = torch.randn(shape[1], generator=g).cuda() if with_bias else None
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        base = torch.randn(numel + 1, generator=g).to(dtype).cuda()
+        for x in (base[:numel].view(shape), base[1:].view(shape)):  # 16-byte aligned, then offset by one element
+            for slope, scale in ((0.2, math.sqrt(2)), (0.05, 3.0)):
+                with torch.no_grad():
+                    got = fused_leaky_relu(x, bias, slope, scale)
+                assert got.dtype == dtype and got.shape == x.shape
+                assert torch.equal(got, _act_float32(x, bias, slope, scale))
+
+
+@pytest.mark.cuda
+def test_cuda_fused_leaky_relu_one_dim_and_float64() -> None:
+    x = torch.randn(1_000_003, device="cuda")
+    with torch.no_grad():
+        assert torch.equal(fused_leaky_relu(x, None), _act_float32(x, None, 0.2, math.sqrt(2)))
+        x64 = torch.randn(3, 5, 7, device="cuda", dtype=torch.float64)
+        b = torch.randn(5, device="cuda", dtype=torch.float64)
+        got = fused_leaky_relu(x64, b)  # not a kernel dtype: the reference, in float64
+    assert got.dtype == torch.float64 and torch.equal(got, fused_leaky_relu_reference(x64, b))

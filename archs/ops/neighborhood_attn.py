@@ -31,7 +31,9 @@ _build.register("neighborhood_attn", ["neighborhood_attn/neighborhood_attn.cpp",
                                       "neighborhood_attn/neighborhood_attn.cu"])
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_FUSED_MAX_HEAD_DIM = 256  # the fused kernel keeps D / 32 values per thread in registers; larger D goes unfused
+# the fused kernel's fallback (team) variant keeps D / 32 values per thread in registers; larger D goes unfused. Common
+# head dims (8, 16, 24, 32, 48, 64 in float32/16, bfloat16) take its one-thread-per-query variant instead.
+_FUSED_MAX_HEAD_DIM = 256
 
 
 def _pair(v: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:

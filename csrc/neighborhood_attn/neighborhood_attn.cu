@@ -9,9 +9,19 @@
 // Kernels (all grid-stride or one-shot launches over int64 indices, accumulation in float32, float64 for double):
 //   qk:    one thread per (query, neighbour); consecutive threads write consecutive logits.
 //   av:    one thread per (query, channel); consecutive threads read consecutive channels of each value row.
-//   fused: a team of T = min(32, pow2 >= D) lanes per query, each lane holding ceil(D / T) channels of q and of the
-//          output in registers; per neighbour the lanes' partial dot products are summed with warp shuffles and an
-//          online softmax rescales the running output, so the weights never go to memory.
+//   fused, two variants of softmax(q * scale . k + rpb) x v with an online softmax (running max m and sum l, the
+//   output rescaled by exp(m_old - m_new) at each neighbour), so the weights never go to memory:
+//   - row kernel (fused_row_kernel), used for float32 / float16 / bfloat16 when D is 8, 16, 24, 32, 48 or 64 and
+//     q, k, v and the output start on 16-byte boundaries (so every D-row is a whole number of 16-byte chunks):
+//     one thread per query holding its scaled q row and its output row, D floats each, in registers; key and value
+//     rows come in as 16-byte vector loads (uint4 through the read-only path) and are widened to float in
+//     registers. A block of 256 threads covers a 2-D tile of queries (32x8, 16x16 or 8x32, whichever pads the
+//     image least) of one (batch, head) image, so its neighbourhoods overlap and the key/value rows come from L1/L2
+//     after their first read; threads of a tile that falls past the image edge do nothing. Blocks walk the tiles
+//     grid-stride (int64 tile index). The per-query work (fused_query) is a host/device function.
+//   - team kernel (fused_kernel), everything else (float64, other head dims, unaligned pointers): a team of
+//     T = min(32, pow2 >= D) lanes per query, each lane holding ceil(D / T) channels of q and of the output in
+//     registers; per neighbour the lanes' partial dot products are summed with warp shuffles.
 #include <ATen/ATen.h>
 #include <ATen/AccumulateType.h>
 #include <ATen/Dispatch.h>
@@ -22,7 +32,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <optional>
+#include <type_traits>
 
 namespace {
 
@@ -33,11 +46,12 @@ struct Window {
   int bias;   // rpb row/column of key 0; key n uses bias + n
 };
 
-__device__ __forceinline__ Window window(int i, int length, int kernel, int dilation) {
+__host__ __device__ __forceinline__ Window window(int i, int length, int kernel, int dilation) {
   const int r = i % dilation;
   const int ip = i / dilation;
   const int lr = (length - r + dilation - 1) / dilation;
-  const int s = min(max(ip - kernel / 2, 0), lr - kernel);
+  const int lo = ip - kernel / 2 > 0 ? ip - kernel / 2 : 0;
+  const int s = lo < lr - kernel ? lo : lr - kernel;
   return {s * dilation + r, s - ip + kernel - 1};
 }
 
@@ -177,6 +191,271 @@ void launch_fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// Row kernel: one thread per query, the whole head dim in registers (see the header). The per-query and per-tile
+// functions are __host__ __device__ so that they can be run on a CPU as well.
+
+constexpr int kRowThreadsLog2 = 8;
+constexpr int kRowThreads = 1 << kRowThreadsLog2;  // one block = one tile of this many queries
+
+struct Geometry {
+  int heads, H, W, kh, kw, dh, dw;
+};
+
+__host__ __device__ __forceinline__ float bits_to_float(uint32_t u) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+#endif
+}
+
+__host__ __device__ __forceinline__ uint32_t float_to_bits(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+#endif
+}
+
+__host__ __device__ __forceinline__ float exp_row(float x) {
+#ifdef __CUDA_ARCH__
+  return __expf(x);  // as exp_acc: exp(-inf) = 0
+#else
+  return std::exp(x);
+#endif
+}
+
+// 16 bytes at a 16-byte aligned address, through the read-only data path on the device
+__host__ __device__ __forceinline__ uint4 load16(const void* p) {
+#ifdef __CUDA_ARCH__
+  return __ldg(static_cast<const uint4*>(p));
+#else
+  uint4 r;
+  std::memcpy(&r, p, sizeof r);
+  return r;
+#endif
+}
+
+__host__ __device__ __forceinline__ void store16(void* p, const uint4& r) {
+#ifdef __CUDA_ARCH__
+  *static_cast<uint4*>(p) = r;
+#else
+  std::memcpy(p, &r, sizeof r);
+#endif
+}
+
+// One 16-byte chunk of a row, kElems values: unpack widens them to float, pack narrows f[n] * s (round to nearest).
+template <typename scalar_t>
+struct Chunk;
+
+template <>
+struct Chunk<float> {
+  static constexpr int kElems = 4;
+  static __host__ __device__ __forceinline__ void unpack(const uint4& r, float* f) {
+    f[0] = bits_to_float(r.x);
+    f[1] = bits_to_float(r.y);
+    f[2] = bits_to_float(r.z);
+    f[3] = bits_to_float(r.w);
+  }
+  static __host__ __device__ __forceinline__ uint4 pack(const float* f, float s) {
+    return make_uint4(float_to_bits(f[0] * s), float_to_bits(f[1] * s), float_to_bits(f[2] * s),
+                      float_to_bits(f[3] * s));
+  }
+};
+
+// 16-bit types: value 2n sits in the low half of 32-bit word n (little endian)
+template <typename half_t>
+struct Chunk16 {
+  static constexpr int kElems = 8;
+  static __host__ __device__ __forceinline__ uint32_t narrow(float lo, float hi) {
+    return static_cast<uint32_t>(half_t(lo).x) | (static_cast<uint32_t>(half_t(hi).x) << 16);
+  }
+  static __host__ __device__ __forceinline__ void unpack(const uint4& r, float* f) {
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      if constexpr (std::is_same_v<half_t, at::BFloat16>) {
+        f[2 * n] = bits_to_float(w[n] << 16);  // bfloat16 is the top half of a float32
+        f[2 * n + 1] = bits_to_float(w[n] & 0xffff0000u);
+      } else {
+        f[2 * n] = static_cast<float>(half_t(static_cast<uint16_t>(w[n] & 0xffffu), half_t::from_bits()));
+        f[2 * n + 1] = static_cast<float>(half_t(static_cast<uint16_t>(w[n] >> 16), half_t::from_bits()));
+      }
+    }
+  }
+  static __host__ __device__ __forceinline__ uint4 pack(const float* f, float s) {
+    return make_uint4(narrow(f[0] * s, f[1] * s), narrow(f[2] * s, f[3] * s), narrow(f[4] * s, f[5] * s),
+                      narrow(f[6] * s, f[7] * s));
+  }
+};
+
+template <>
+struct Chunk<at::Half> : Chunk16<at::Half> {};
+
+template <>
+struct Chunk<at::BFloat16> : Chunk16<at::BFloat16> {};
+
+// out[pix] = softmax_n(q[pix] * scale . k[key n] + rpb[h, bias n]) x v[key n] for the query (bh, i, j), where bh is
+// b * heads + h. The rows of q, k, v and out are 16-byte aligned (checked by the host).
+template <typename scalar_t, int D>
+__host__ __device__ __forceinline__ void fused_query(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                                                     const scalar_t* __restrict__ v, const scalar_t* __restrict__ rpb,
+                                                     scalar_t* __restrict__ out, const Geometry& g, int64_t bh, int i,
+                                                     int j, float scale) {
+  using IO = Chunk<scalar_t>;
+  constexpr int E = IO::kElems;
+  static_assert(D % E == 0 && D % 4 == 0, "a row must be a whole number of 16-byte chunks");
+  const int64_t image = bh * g.H * g.W;  // first pixel of this (batch, head)
+  const int64_t pix = image + static_cast<int64_t>(i) * g.W + j;
+
+  float qv[D], acc[D];
+#pragma unroll
+  for (int c = 0; c < D / E; ++c) IO::unpack(load16(q + pix * D + c * E), qv + c * E);
+#pragma unroll
+  for (int d = 0; d < D; ++d) {
+    qv[d] *= scale;
+    acc[d] = 0.f;
+  }
+
+  const Window wi = window(i, g.H, g.kh, g.dh), wj = window(j, g.W, g.kw, g.dw);
+  const int bias_w = 2 * g.kw - 1;
+  const scalar_t* bias =
+      rpb == nullptr ? nullptr : rpb + ((bh % g.heads) * (2 * g.kh - 1) + wi.bias) * bias_w + wj.bias;
+  const int64_t step = static_cast<int64_t>(g.dw) * D;  // from one key of a window row to the next
+  float m = -INFINITY, l = 0.f;
+  for (int a = 0; a < g.kh; ++a) {
+    const int64_t first = (image + static_cast<int64_t>(wi.start + a * g.dh) * g.W + wj.start) * D;
+    const scalar_t* kp = k + first;
+    const scalar_t* vp = v + first;
+    for (int c = 0; c < g.kw; ++c, kp += step, vp += step) {
+      float kf[D], vf[D];
+#pragma unroll
+      for (int n = 0; n < D / E; ++n) IO::unpack(load16(kp + n * E), kf + n * E);
+#pragma unroll
+      for (int n = 0; n < D / E; ++n) IO::unpack(load16(vp + n * E), vf + n * E);
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;  // four partial sums: a shorter dependency chain
+#pragma unroll
+      for (int d = 0; d < D; d += 4) {
+        s0 += qv[d] * kf[d];
+        s1 += qv[d + 1] * kf[d + 1];
+        s2 += qv[d + 2] * kf[d + 2];
+        s3 += qv[d + 3] * kf[d + 3];
+      }
+      float s = (s0 + s1) + (s2 + s3);
+      if (bias != nullptr) s += static_cast<float>(bias[a * bias_w + c]);
+      const float m_new = s > m ? s : m;
+      const float corr = exp_row(m - m_new);  // 0 at the first neighbour (m = -inf)
+      const float p = exp_row(s - m_new);
+      l = l * corr + p;
+#pragma unroll
+      for (int d = 0; d < D; ++d) acc[d] = acc[d] * corr + p * vf[d];
+      m = m_new;
+    }
+  }
+  const float inv = 1.f / l;
+#pragma unroll
+  for (int c = 0; c < D / E; ++c) store16(out + pix * D + c * E, IO::pack(acc + c * E, inv));
+}
+
+// Tile `tile` (row-major over the tiles of each image, images in (batch, head) order) of 2^tw_log2 x
+// 2^(8 - tw_log2) queries; `thread` (< kRowThreads) picks the query, row-major within the tile.
+template <typename scalar_t, int D>
+__host__ __device__ __forceinline__ void fused_tile(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                                                    const scalar_t* __restrict__ v, const scalar_t* __restrict__ rpb,
+                                                    scalar_t* __restrict__ out, const Geometry& g, int64_t tile,
+                                                    int thread, int tw_log2, int tiles_w, int tiles_h, float scale) {
+  const int64_t per_image = static_cast<int64_t>(tiles_w) * tiles_h;
+  const int64_t bh = tile / per_image;
+  const int64_t rest = tile - bh * per_image;
+  const int ty = static_cast<int>(rest / tiles_w), tx = static_cast<int>(rest % tiles_w);
+  const int i = (ty << (kRowThreadsLog2 - tw_log2)) + (thread >> tw_log2);
+  const int j = (tx << tw_log2) + (thread & ((1 << tw_log2) - 1));
+  if (i < g.H && j < g.W) fused_query<scalar_t, D>(q, k, v, rpb, out, g, bh, i, j, scale);
+}
+
+template <typename scalar_t, int D>
+__global__ void __launch_bounds__(kRowThreads)
+    fused_row_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
+                     const scalar_t* __restrict__ rpb, scalar_t* __restrict__ out, Geometry g, int64_t tiles,
+                     int tw_log2, int tiles_w, int tiles_h, float scale) {
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    fused_tile<scalar_t, D>(q, k, v, rpb, out, g, t, static_cast<int>(threadIdx.x), tw_log2, tiles_w, tiles_h, scale);
+  }
+}
+
+// log2 of the tile width for an H x W image: of the 32x8, 16x16 and 8x32 tiles, the one that pads it least (wider on
+// ties: a warp then reads longer runs of each key row)
+int row_tile_log2(int H, int W) {
+  int best = 5;
+  int64_t best_area = -1;
+  for (int lg = 5; lg >= 3; --lg) {
+    const int64_t tw = int64_t{1} << lg, th = kRowThreads >> lg;
+    const int64_t area = (H + th - 1) / th * th * ((W + tw - 1) / tw * tw);
+    if (best_area < 0 || area < best_area) {
+      best = lg;
+      best_area = area;
+    }
+  }
+  return best;
+}
+
+template <typename scalar_t, int D>
+void launch_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const scalar_t* rpb, at::Tensor& out,
+                 double scale, int kh, int kw, int dh, int dw) {
+  const Geometry g{static_cast<int>(q.size(1)), static_cast<int>(q.size(2)), static_cast<int>(q.size(3)), kh, kw, dh,
+                   dw};
+  const int lg = row_tile_log2(g.H, g.W);
+  const int tw = 1 << lg, th = kRowThreads >> lg;
+  const int tiles_w = (g.W + tw - 1) / tw, tiles_h = (g.H + th - 1) / th;
+  const int64_t tiles = q.size(0) * q.size(1) * tiles_w * tiles_h;
+  const auto grid = static_cast<unsigned int>(std::min<int64_t>(tiles, std::numeric_limits<int32_t>::max()));
+  fused_row_kernel<scalar_t, D><<<grid, kRowThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), rpb, out.data_ptr<scalar_t>(), g, tiles,
+      lg, tiles_w, tiles_h, static_cast<float>(scale));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Runs the row kernel and returns true when it takes this dtype, head dim and alignment; false leaves it to the team
+// kernel.
+template <typename scalar_t>
+bool try_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const scalar_t* rpb, at::Tensor& out,
+              double scale, int kh, int kw, int dh, int dw) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return false;
+  } else {
+    // a contiguous view at an odd storage offset may start off a 16-byte boundary
+    const auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+    if (!aligned(q) || !aligned(k) || !aligned(v) || !aligned(out)) return false;
+    switch (q.size(4)) {
+      case 8:
+        launch_rows<scalar_t, 8>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
+        return true;
+      case 16:
+        launch_rows<scalar_t, 16>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
+        return true;
+      case 24:
+        launch_rows<scalar_t, 24>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
+        return true;
+      case 32:
+        launch_rows<scalar_t, 32>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
+        return true;
+      case 48:
+        launch_rows<scalar_t, 48>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
+        return true;
+      case 64:
+        launch_rows<scalar_t, 64>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
+        return true;
+      default:
+        return false;
+    }
+  }
+}
+
 }  // namespace
 
 at::Tensor na2d_qk_cuda(const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& rpb, int kh,
@@ -221,6 +500,7 @@ at::Tensor na2d_fused_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
   const int slots = (D + team - 1) / team;  // 1..8 for D <= 256 (checked by the caller)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "na2d_fused", [&] {
     const scalar_t* bias = rpb.has_value() ? rpb->data_ptr<scalar_t>() : nullptr;
+    if (try_rows<scalar_t>(q, k, v, bias, out, scale, kh, kw, dh, dw)) return;
     if (slots <= 1) {
       launch_fused<scalar_t, 1>(q, k, v, bias, out, team, scale, kh, kw, dh, dw);
     } else if (slots <= 2) {
