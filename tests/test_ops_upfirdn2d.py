@@ -213,6 +213,9 @@ def emulate_tiled(x: torch.Tensor, k: torch.Tensor, up: tuple[int, int], down: t
                 cols = _round_up(max(0, ix_hi - sx0 + 1), vec)
                 assert 0 <= rows <= sh and 0 <= cols <= sw and sx0 % vec == 0 and sw % vec == 0
                 tile: list[list[float | None]] = [[None] * sw for _ in range(sh)]
+                if kind == "fir" and vec == 1:  # fill_tile_fir writes the whole capacity, zeros past rows / cols
+                    assert sw == tw * dx + 4 - dx and sh == (th - 1) * dy + 4
+                    tile = [[0.0] * sw for _ in range(sh)]
                 for r in range(rows):
                     for cc in range(0, cols, vec):
                         gy, gx = iy_lo + r, sx0 + cc
@@ -249,12 +252,13 @@ def emulate_tiled(x: torch.Tensor, k: torch.Tensor, up: tuple[int, int], down: t
                             if n_out <= 0:
                                 continue
                             col = txi * dx + (ix_lo - sx0)
-                            avail = rows - m0 * dy
+                            avail = (rpt - 1) * dy + kh if vec == 1 else rows - m0 * dy
                             accs = [0.0] * rpt
                             for r in range((rpt - 1) * dy + kh):
                                 if r < avail:
                                     v = [tile[m0 * dy + r][col + kx] for kx in range(kw)]
-                                    assert None not in v and col + kw <= cols
+                                    assert None not in v and col + kw <= (sw if vec == 1 else cols)
+                                    assert m0 * dy + r < sh
                                 else:
                                     v = [0.0] * kw
                                 for m in range(rpt):

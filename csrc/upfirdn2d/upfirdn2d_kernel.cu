@@ -13,7 +13,9 @@
 //
 // * upfirdn2d_fir_kernel: up = 1 on both axes, a 4x4 filter, down = 1 or 2 (StyleGAN2's blur and FIR downsample).
 //   The taps live in registers; each thread computes a column strip of M outputs and slides down the input rows of
-//   the shared-memory tile, loading each row's KW samples once for all the outputs that use it.
+//   the shared-memory tile, loading each row's KW samples once for all the outputs that use it. With scalar loads
+//   (V = 1) the tile is filled by fill_tile_fir: all of a thread's loads in flight at once, zeros over the whole
+//   capacity, so the strips need no row test.
 // * upfirdn2d_tiled_kernel: any up/down factors, filters up to kMaxTiledTaps per axis, pads of any sign, as long as
 //   the tile fits the shared-memory budget. Per output the loops of the fallback, reading shared memory.
 // * upfirdn2d_kernel (fallback): one thread per output pixel reading global memory; larger filters, or factors so
@@ -191,6 +193,65 @@ __device__ __forceinline__ void fill_tile(float* tile, int sw, const T* __restri
   }
 }
 
+// The fir kernel's scalar (V = 1) copy: rows [sy0, sy0 + rows) x columns [sx0, sx0 + cols) of one plane to tile
+// (row stride MC + HC) as float, zeros outside the image; capacity SH rows. Warp w copies the main columns
+// [0, MC) of rows w, w + 8, ..., lane l columns l + 32 j; thread i copies one sample of the HC halo columns
+// [MC, MC + HC). Every load of the tile is issued before the first shared-memory store (one DRAM round trip per
+// tile), and the indices cost a pointer step per row. Zeros also go to filled-capacity cells past rows / cols,
+// which no output reads.
+template <typename T, int MC, int HC, int SH>
+__device__ __forceinline__ void fill_tile_fir(float* tile, const T* __restrict__ plane, int in_h, int in_w,
+                                              int sy0, int sx0, int rows, int cols, int tid) {
+  constexpr int kSW = MC + HC;
+  constexpr int kWarps = kTiledThreads / 32;
+  constexpr int kJ = MC / 32;
+  constexpr int kI = (SH + kWarps - 1) / kWarps;
+  static_assert(MC % 32 == 0 && HC >= 0 && HC * SH <= kTiledThreads, "fir tile geometry");
+  const int lane = tid & 31;
+  const int w = tid >> 5;
+  bool col_ok[kJ];
+#pragma unroll
+  for (int j = 0; j < kJ; ++j) {
+    const int c = lane + 32 * j;
+    const int gx = sx0 + c;
+    col_ok[j] = c < cols && gx >= 0 && gx < in_w;
+  }
+  const T zero = static_cast<T>(0.f);
+  const int64_t row_step = static_cast<int64_t>(kWarps) * in_w;
+  int64_t off = static_cast<int64_t>(sy0 + w) * in_w + (sx0 + lane);
+  T v[kI][kJ];
+#pragma unroll
+  for (int i = 0; i < kI; ++i) {
+    const int r = w + kWarps * i;
+    const int gy = sy0 + r;
+    const bool row_ok = r < rows && gy >= 0 && gy < in_h;
+#pragma unroll
+    for (int j = 0; j < kJ; ++j) v[i][j] = (row_ok && col_ok[j]) ? plane[off + 32 * j] : zero;
+    off += row_step;
+  }
+  // Halo sample tid: row tid / HC, column MC + tid % HC.
+  const bool has_halo = HC > 0 && tid < HC * SH;
+  const int hr = HC > 0 ? tid / (HC > 0 ? HC : 1) : 0;
+  const int hc = MC + (tid - hr * HC);
+  T h = zero;
+  if (has_halo) {
+    const int gy = sy0 + hr;
+    const int gx = sx0 + hc;
+    if (hr < rows && hc < cols && gy >= 0 && gy < in_h && gx >= 0 && gx < in_w) {
+      h = plane[static_cast<int64_t>(gy) * in_w + gx];
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kI; ++i) {
+    const int r = w + kWarps * i;
+    if (kWarps * (i + 1) <= SH || r < SH) {
+#pragma unroll
+      for (int j = 0; j < kJ; ++j) tile[r * kSW + lane + 32 * j] = static_cast<float>(v[i][j]);
+    }
+  }
+  if (has_halo) tile[hr * kSW + hc] = static_cast<float>(h);
+}
+
 // Tile t of the flat (plane, tile row, tile column) index.
 struct TileOrigin {
   int64_t plane;
@@ -282,6 +343,12 @@ __global__ void __launch_bounds__(kTiledThreads, 4)
     upfirdn2d_fir_kernel(const T* __restrict__ x, const float* __restrict__ taps, T* __restrict__ out,
                          const TileParams p) {
   constexpr int kStripRows = (M - 1) * DY + KH;
+  // V = 1: the tile is the exact window, (BX - 1) * DX + KW columns (a compile-time stride) by kTileRows rows.
+  constexpr int kMainCols = BX * DX;
+  constexpr int kHaloCols = KW - DX;
+  constexpr int kTileRows = ((kTiledThreads / BX) * M - 1) * DY + KH;
+  static_assert(KW >= DX, "fir tile geometry");
+  const int sw = V == 1 ? kMainCols + kHaloCols : p.sw;
   extern __shared__ __align__(16) float smem[];
 
   float t[KH][KW];  // flipped taps
@@ -305,15 +372,22 @@ __global__ void __launch_bounds__(kTiledThreads, 4)
     const int cols = round_up(ix_hi - sx0 + 1, V);
 
     __syncthreads();  // the previous tile is consumed
-    fill_tile<T, V>(smem, p.sw, x + o.plane * in_plane, p.in_h, p.in_w, iy_lo, sx0, rows, cols, tid,
-                    kTiledThreads);
+    if constexpr (V == 1) {
+      fill_tile_fir<T, kMainCols, kHaloCols, kTileRows>(smem, x + o.plane * in_plane, p.in_h, p.in_w, iy_lo, sx0,
+                                                        rows, cols, tid);
+    } else {
+      fill_tile<T, V>(smem, sw, x + o.plane * in_plane, p.in_h, p.in_w, iy_lo, sx0, rows, cols, tid,
+                      kTiledThreads);
+    }
     __syncthreads();
 
     const int m0 = threadIdx.y * M;
     const int n_out = min(M, o.oh - m0);
     if (static_cast<int>(threadIdx.x) < o.ow && n_out > 0) {
-      const float* src = smem + m0 * DY * p.sw + threadIdx.x * DX + (ix_lo - sx0);
-      const int avail = rows - m0 * DY;  // filled rows of this strip; later ones feed only outputs not written
+      const float* src = smem + m0 * DY * sw + threadIdx.x * DX + (ix_lo - sx0);
+      // Filled rows of this strip; later ones feed only outputs not written. V = 1 fills (zeros) the whole
+      // capacity, which the strip never passes, so no row needs the test there.
+      const int avail = V == 1 ? kStripRows : rows - m0 * DY;
       float acc[M];
 #pragma unroll
       for (int m = 0; m < M; ++m) acc[m] = 0.f;
@@ -322,7 +396,7 @@ __global__ void __launch_bounds__(kTiledThreads, 4)
         float v[KW];
         if (r < avail) {
 #pragma unroll
-          for (int kx = 0; kx < KW; ++kx) v[kx] = src[r * p.sw + kx];
+          for (int kx = 0; kx < KW; ++kx) v[kx] = src[r * sw + kx];
         } else {
 #pragma unroll
           for (int kx = 0; kx < KW; ++kx) v[kx] = 0.f;
@@ -338,8 +412,8 @@ __global__ void __launch_bounds__(kTiledThreads, 4)
       }
       T* dst = out + o.plane * out_plane + static_cast<int64_t>(o.oy0 + m0) * p.out_w + o.ox0 + threadIdx.x;
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-        if (m < n_out) dst[static_cast<int64_t>(m) * p.out_w] = static_cast<T>(acc[m]);
+      for (int m = 0; m < M; ++m, dst += p.out_w) {
+        if (m < n_out) *dst = static_cast<T>(acc[m]);
       }
     }
   }
@@ -376,6 +450,7 @@ void launch_fir(const T* x, const float* taps, T* out, TileParams p, cudaStream_
   finish_params(p, BX, BY * M, M, sw, sh);
   const size_t smem = static_cast<size_t>(sw) * sh * sizeof(float);
   TORCH_INTERNAL_ASSERT(smem <= kSmemBudget);
+  TORCH_INTERNAL_ASSERT(V != 1 || (sw == BX * D + 4 - D && sh == (BY * M - 1) * D + 4));  // the kernel's constants
   upfirdn2d_fir_kernel<T, V, 4, 4, D, D, BX, M><<<tiled_grid(p), dim3(BX, BY), smem, stream>>>(x, taps, out, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
