@@ -319,6 +319,30 @@ def test_cuda_row_kernel_matches_reference(head_dim: int, dtype: torch.dtype) ->
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", ROW_HEAD_DIMS)
+def test_cuda_av_row_kernel_matches_reference(head_dim: int, dtype: torch.dtype) -> None:
+    """attn x v through av_row_kernel (these head dims, aligned) on the row-kernel geometries; the same data one
+    element into a buffer (off a 16-byte boundary) goes through av_kernel and must agree."""
+    _cuda_module()
+    for n, (bhw, kernel, dil) in enumerate(ROW_GEOMETRIES):
+        shape = (*bhw, head_dim)
+        q, k, v, _ = _inputs(shape, kernel, dtype=dtype, device="cuda", seed=100 + head_dim + n)
+        with torch.no_grad():
+            attn = na2d_qk_reference(q.double(), k.double(), kernel, dil, None).softmax(-1).to(dtype)
+            got = na2d_av(attn, v, kernel, dil)
+            want = na2d_av_reference(attn.double(), v.double(), kernel, dil)
+            assert got.dtype == dtype and torch.isfinite(got).all()
+            assert _rel(got, want) < TOL[dtype], (shape, kernel, dil)
+            if n == 0:
+                buf = torch.empty(v.numel() + 1, device="cuda", dtype=dtype)
+                shifted = buf[1:].view(v.shape)
+                shifted.copy_(v)
+                assert shifted.is_contiguous() and shifted.data_ptr() % 16 != 0
+                assert _rel(na2d_av(attn, shifted, kernel, dil), want) < TOL[dtype]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_row_kernel_large_logits(dtype: torch.dtype) -> None:
     """Logits of a few hundred: the online softmax must rescale instead of overflowing."""
     _cuda_module()

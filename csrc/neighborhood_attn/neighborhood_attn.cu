@@ -8,7 +8,9 @@
 //
 // Kernels (all grid-stride or one-shot launches over int64 indices, accumulation in float32, float64 for double):
 //   qk:    one thread per (query, neighbour); consecutive threads write consecutive logits.
-//   av:    one thread per (query, channel); consecutive threads read consecutive channels of each value row.
+//   av:    for the head dims and alignment of the fused row kernel below, av_row_kernel: one thread per query with
+//          its D-float output row in registers, 16-byte value loads, the same 2-D query tiles; otherwise av_kernel,
+//          one thread per (query, channel), consecutive threads reading consecutive channels of each value row.
 //   fused, two variants of softmax(q * scale . k + rpb) x v with an online softmax (running max m and sum l, the
 //   output rescaled by exp(m_old - m_new) at each neighbour), so the weights never go to memory:
 //   - row kernel (fused_row_kernel), used for float32 / float16 / bfloat16 when D is 8, 16, 24, 32, 48 or 64 and
@@ -362,20 +364,75 @@ __host__ __device__ __forceinline__ void fused_query(const scalar_t* __restrict_
   for (int c = 0; c < D / E; ++c) store16(out + pix * D + c * E, IO::pack(acc + c * E, inv));
 }
 
-// Tile `tile` (row-major over the tiles of each image, images in (batch, head) order) of 2^tw_log2 x
-// 2^(8 - tw_log2) queries; `thread` (< kRowThreads) picks the query, row-major within the tile.
+// The query (bh, i, j) that `thread` (< kRowThreads) handles in tile `tile` (row-major over the tiles of each image,
+// images in (batch, head) order) of 2^tw_log2 x 2^(8 - tw_log2) queries, row-major within the tile; false past the
+// image edge.
+__host__ __device__ __forceinline__ bool tile_query(const Geometry& g, int64_t tile, int thread, int tw_log2,
+                                                   int tiles_w, int tiles_h, int64_t& bh, int& i, int& j) {
+  const int64_t per_image = static_cast<int64_t>(tiles_w) * tiles_h;
+  bh = tile / per_image;
+  const int64_t rest = tile - bh * per_image;
+  const int ty = static_cast<int>(rest / tiles_w), tx = static_cast<int>(rest % tiles_w);
+  i = (ty << (kRowThreadsLog2 - tw_log2)) + (thread >> tw_log2);
+  j = (tx << tw_log2) + (thread & ((1 << tw_log2) - 1));
+  return i < g.H && j < g.W;
+}
+
 template <typename scalar_t, int D>
 __host__ __device__ __forceinline__ void fused_tile(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
                                                     const scalar_t* __restrict__ v, const scalar_t* __restrict__ rpb,
                                                     scalar_t* __restrict__ out, const Geometry& g, int64_t tile,
                                                     int thread, int tw_log2, int tiles_w, int tiles_h, float scale) {
-  const int64_t per_image = static_cast<int64_t>(tiles_w) * tiles_h;
-  const int64_t bh = tile / per_image;
-  const int64_t rest = tile - bh * per_image;
-  const int ty = static_cast<int>(rest / tiles_w), tx = static_cast<int>(rest % tiles_w);
-  const int i = (ty << (kRowThreadsLog2 - tw_log2)) + (thread >> tw_log2);
-  const int j = (tx << tw_log2) + (thread & ((1 << tw_log2) - 1));
-  if (i < g.H && j < g.W) fused_query<scalar_t, D>(q, k, v, rpb, out, g, bh, i, j, scale);
+  int64_t bh;
+  int i, j;
+  if (tile_query(g, tile, thread, tw_log2, tiles_w, tiles_h, bh, i, j)) {
+    fused_query<scalar_t, D>(q, k, v, rpb, out, g, bh, i, j, scale);
+  }
+}
+
+// out[pix] = sum_n attn[pix, n] x v[key n] for the query (bh, i, j), summed in float32 in neighbour order (as
+// av_kernel). Rows of v and out are 16-byte aligned (checked by the host); attn rows (kh*kw values) need not be.
+template <typename scalar_t, int D>
+__host__ __device__ __forceinline__ void av_query(const scalar_t* __restrict__ attn, const scalar_t* __restrict__ v,
+                                                  scalar_t* __restrict__ out, const Geometry& g, int64_t bh, int i,
+                                                  int j) {
+  using IO = Chunk<scalar_t>;
+  constexpr int E = IO::kElems;
+  static_assert(D % E == 0, "a row must be a whole number of 16-byte chunks");
+  const int64_t image = bh * g.H * g.W;
+  const int64_t pix = image + static_cast<int64_t>(i) * g.W + j;
+  const scalar_t* ap = attn + pix * (g.kh * g.kw);
+  float acc[D];
+#pragma unroll
+  for (int d = 0; d < D; ++d) acc[d] = 0.f;
+  const Window wi = window(i, g.H, g.kh, g.dh), wj = window(j, g.W, g.kw, g.dw);
+  const int64_t step = static_cast<int64_t>(g.dw) * D;
+  for (int a = 0; a < g.kh; ++a) {
+    const scalar_t* vp = v + (image + static_cast<int64_t>(wi.start + a * g.dh) * g.W + wj.start) * D;
+    for (int c = 0; c < g.kw; ++c, vp += step) {
+      const float w = static_cast<float>(ap[a * g.kw + c]);
+      float vf[D];
+#pragma unroll
+      for (int n = 0; n < D / E; ++n) IO::unpack(load16(vp + n * E), vf + n * E);
+#pragma unroll
+      for (int d = 0; d < D; ++d) acc[d] += w * vf[d];
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < D / E; ++c) store16(out + pix * D + c * E, IO::pack(acc + c * E, 1.f));
+}
+
+template <typename scalar_t, int D>
+__global__ void __launch_bounds__(kRowThreads)
+    av_row_kernel(const scalar_t* __restrict__ attn, const scalar_t* __restrict__ v, scalar_t* __restrict__ out,
+                  Geometry g, int64_t tiles, int tw_log2, int tiles_w, int tiles_h) {
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    int64_t bh;
+    int i, j;
+    if (tile_query(g, t, static_cast<int>(threadIdx.x), tw_log2, tiles_w, tiles_h, bh, i, j)) {
+      av_query<scalar_t, D>(attn, v, out, g, bh, i, j);
+    }
+  }
 }
 
 template <typename scalar_t, int D>
@@ -420,6 +477,23 @@ void launch_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Calls f(std::integral_constant<int, D>{}) for the head dims the row kernels are built for; false for others.
+template <typename F>
+bool with_row_dim(int64_t D, F&& f) {
+  switch (D) {
+    case 8: f(std::integral_constant<int, 8>{}); return true;
+    case 16: f(std::integral_constant<int, 16>{}); return true;
+    case 24: f(std::integral_constant<int, 24>{}); return true;
+    case 32: f(std::integral_constant<int, 32>{}); return true;
+    case 48: f(std::integral_constant<int, 48>{}); return true;
+    case 64: f(std::integral_constant<int, 64>{}); return true;
+    default: return false;
+  }
+}
+
+// a contiguous view at an odd storage offset may start off a 16-byte boundary
+inline bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
 // Runs the row kernel and returns true when it takes this dtype, head dim and alignment; false leaves it to the team
 // kernel.
 template <typename scalar_t>
@@ -428,31 +502,33 @@ bool try_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, con
   if constexpr (std::is_same_v<scalar_t, double>) {
     return false;
   } else {
-    // a contiguous view at an odd storage offset may start off a 16-byte boundary
-    const auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-    if (!aligned(q) || !aligned(k) || !aligned(v) || !aligned(out)) return false;
-    switch (q.size(4)) {
-      case 8:
-        launch_rows<scalar_t, 8>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
-        return true;
-      case 16:
-        launch_rows<scalar_t, 16>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
-        return true;
-      case 24:
-        launch_rows<scalar_t, 24>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
-        return true;
-      case 32:
-        launch_rows<scalar_t, 32>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
-        return true;
-      case 48:
-        launch_rows<scalar_t, 48>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
-        return true;
-      case 64:
-        launch_rows<scalar_t, 64>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
-        return true;
-      default:
-        return false;
-    }
+    if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out)) return false;
+    return with_row_dim(q.size(4), [&](auto d) {
+      launch_rows<scalar_t, decltype(d)::value>(q, k, v, rpb, out, scale, kh, kw, dh, dw);
+    });
+  }
+}
+
+// The same for attn x v: one thread per query, the head dim in registers; false leaves it to av_kernel.
+template <typename scalar_t>
+bool try_av_rows(const at::Tensor& attn, const at::Tensor& v, at::Tensor& out, int kh, int kw, int dh, int dw) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return false;
+  } else {
+    if (!aligned16(v) || !aligned16(out)) return false;
+    const Geometry g{static_cast<int>(v.size(1)), static_cast<int>(v.size(2)), static_cast<int>(v.size(3)), kh, kw,
+                     dh, dw};
+    const int lg = row_tile_log2(g.H, g.W);
+    const int tw = 1 << lg, th = kRowThreads >> lg;
+    const int tiles_w = (g.W + tw - 1) / tw, tiles_h = (g.H + th - 1) / th;
+    const int64_t tiles = v.size(0) * v.size(1) * tiles_w * tiles_h;
+    const auto grid = static_cast<unsigned int>(std::min<int64_t>(tiles, std::numeric_limits<int32_t>::max()));
+    return with_row_dim(v.size(4), [&](auto d) {
+      av_row_kernel<scalar_t, decltype(d)::value><<<grid, kRowThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          attn.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g, tiles, lg, tiles_w,
+          tiles_h);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   }
 }
 
@@ -481,6 +557,7 @@ at::Tensor na2d_av_cuda(const at::Tensor& attn, const at::Tensor& v, int kh, int
   const int64_t total = out.numel();
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "na2d_av", [&] {
+    if (try_av_rows<scalar_t>(attn, v, out, kh, kw, dh, dw)) return;
     av_kernel<scalar_t><<<grid_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         attn.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total,
         static_cast<int>(v.size(2)), static_cast<int>(v.size(3)), static_cast<int>(v.size(4)), kh, kw, dh, dw);
