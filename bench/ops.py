@@ -25,11 +25,12 @@ OPS = ["selective_scan", "bi_wkv", "neighborhood_attn", "upfirdn2d"]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--only", nargs="*", choices=OPS, default=OPS, help="time these ops only")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/ops.py needs a CUDA GPU")
     rows = []
-    for op in OPS:
+    for op in args.only:
         try:
             mod = importlib.import_module(f"bench.ops_{op}")
             cases = mod.cases()
