@@ -162,10 +162,10 @@ def tiled_plan(out_h: int, out_w: int, ks: tuple[int, int], up: tuple[int, int],
     """(kind, tile_w, tile_h, rows_per_thread, sw, sh) as the host picks them, None for the fallback kernel."""
     (ux, uy), (dx, dy), (kh, kw) = up, down, ks
     if ux == uy == 1 and kh == kw == 4 and dx == dy and dx in (1, 2):
-        bx, m = (64, 16) if dx == 1 else (32, 4)
+        bx, m = (64, 16) if dx == 1 else (32, 4 if vec == 1 else 8)  # down 2: taller tiles with vectors
         th = TILED_THREADS // bx * m
         sw, sh = _tile_stride(bx, dx, 4, 1, vec), _tile_rows(th, dx, 4, 1)
-        assert sw * sh * 4 <= SMEM_BUDGET
+        assert sw * sh * 4 <= SMEM_BUDGET  # float tile; 16-bit inputs keep their own type in the vector tile
         return "fir", bx, th, m, sw, sh
     if kh > MAX_TILED_TAPS or kw > MAX_TILED_TAPS:
         return None

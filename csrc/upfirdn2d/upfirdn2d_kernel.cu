@@ -15,7 +15,10 @@
 //   The taps live in registers; each thread computes a column strip of M outputs and slides down the input rows of
 //   the shared-memory tile, loading each row's KW samples once for all the outputs that use it. With scalar loads
 //   (V = 1) the tile is filled by fill_tile_fir: all of a thread's loads in flight at once, zeros over the whole
-//   capacity, so the strips need no row test.
+//   capacity, so the strips need no row test. With 16-byte vectors of a type of at most 4 bytes the tile holds the
+//   input type itself (converted to float as the strips read it, the same value) and is filled by fill_tile_raw's
+//   cp.async copies: no registers staged, every copy of the tile in flight at once; those tiles are also twice as
+//   tall in down 2 (M = 8 rows per thread), twice the bytes per tile for the same latency.
 // * upfirdn2d_tiled_kernel: any up/down factors, filters up to kMaxTiledTaps per axis, pads of any sign, as long as
 //   the tile fits the shared-memory budget. Per output the loops of the fallback, reading shared memory.
 // * upfirdn2d_kernel (fallback): one thread per output pixel reading global memory; larger filters, or factors so
@@ -39,6 +42,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 namespace {
 
@@ -121,7 +125,7 @@ struct TileParams {
   int tiles_x, tiles_y;   // tiles per plane along each axis
   int tile_w, tile_h;     // outputs per tile: tile_w = blockDim.x, tile_h = blockDim.y * rows_per_thread
   int rows_per_thread;
-  int sw, sh;             // shared tile: row stride (floats, a multiple of the vector) and row capacity
+  int sw, sh;             // shared tile: row stride (elements, a multiple of the vector) and row capacity
 };
 
 // V consecutive elements, loaded and stored as one access of V * sizeof(T) bytes.
@@ -191,6 +195,49 @@ __device__ __forceinline__ void fill_tile(float* tile, int sw, const T* __restri
       if (off[b] >= 0) store_as_float<T, V>(tile + off[b], buf[b]);
     }
   }
+}
+
+// The fir kernel's 16-byte vector copy of a tile stored as T (the geometry of fill_tile): each vector goes from
+// global to shared memory by cp.async (sm_80+; zero-filled when it lies outside the image, src-size 0 reads
+// nothing), all of a thread's copies issued before it waits for them, with no register staging.
+template <typename T, int V>
+__device__ __forceinline__ void fill_tile_raw(T* tile, int sw, const T* __restrict__ plane, int in_h, int in_w,
+                                              int sy0, int sx0, int rows, int cols, int tid, int nthreads) {
+  static_assert(sizeof(T) * V == 16, "16-byte vectors");
+  const int vcols = cols / V;
+  const int total = rows * vcols;
+  if (total <= 0) return;
+  int r = tid / vcols;
+  int c = tid - r * vcols;
+  const int dr = nthreads / vcols;
+  const int dc = nthreads - dr * vcols;
+  for (int i = tid; i < total; i += nthreads) {
+    const int gy = sy0 + r;
+    const int gx = sx0 + c * V;
+    const bool inside = gy >= 0 && gy < in_h && gx >= 0 && gx < in_w;
+    const T* src = inside ? plane + static_cast<int64_t>(gy) * in_w + gx : plane;
+    T* dst = tile + r * sw + c * V;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned saddr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(src), "r"(inside ? 16 : 0)
+                 : "memory");
+#else
+    Vec<T, V> v;
+#pragma unroll
+    for (int e = 0; e < V; ++e) v.v[e] = static_cast<T>(0.f);
+    if (inside) v = *reinterpret_cast<const Vec<T, V>*>(src);
+    *reinterpret_cast<Vec<T, V>*>(dst) = v;
+#endif
+    c += dc;
+    r += dr;
+    if (c >= vcols) {
+      c -= vcols;
+      ++r;
+    }
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
 }
 
 // The fir kernel's scalar (V = 1) copy: rows [sy0, sy0 + rows) x columns [sx0, sx0 + cols) of one plane to tile
@@ -350,6 +397,10 @@ __global__ void __launch_bounds__(kTiledThreads, 4)
   static_assert(KW >= DX, "fir tile geometry");
   const int sw = V == 1 ? kMainCols + kHaloCols : p.sw;
   extern __shared__ __align__(16) float smem[];
+  // The tile's element: T for 16-byte vectors of a type of at most 4 bytes (fill_tile_raw), float otherwise.
+  constexpr bool kRaw = V > 1 && sizeof(T) <= 4;
+  using S = std::conditional_t<kRaw, T, float>;
+  S* tile = reinterpret_cast<S*>(smem);
 
   float t[KH][KW];  // flipped taps
 #pragma unroll
@@ -375,6 +426,9 @@ __global__ void __launch_bounds__(kTiledThreads, 4)
     if constexpr (V == 1) {
       fill_tile_fir<T, kMainCols, kHaloCols, kTileRows>(smem, x + o.plane * in_plane, p.in_h, p.in_w, iy_lo, sx0,
                                                         rows, cols, tid);
+    } else if constexpr (kRaw) {
+      fill_tile_raw<T, V>(tile, sw, x + o.plane * in_plane, p.in_h, p.in_w, iy_lo, sx0, rows, cols, tid,
+                          kTiledThreads);
     } else {
       fill_tile<T, V>(smem, sw, x + o.plane * in_plane, p.in_h, p.in_w, iy_lo, sx0, rows, cols, tid,
                       kTiledThreads);
@@ -384,7 +438,7 @@ __global__ void __launch_bounds__(kTiledThreads, 4)
     const int m0 = threadIdx.y * M;
     const int n_out = min(M, o.oh - m0);
     if (static_cast<int>(threadIdx.x) < o.ow && n_out > 0) {
-      const float* src = smem + m0 * DY * sw + threadIdx.x * DX + (ix_lo - sx0);
+      const S* src = tile + m0 * DY * sw + threadIdx.x * DX + (ix_lo - sx0);
       // Filled rows of this strip; later ones feed only outputs not written. V = 1 fills (zeros) the whole
       // capacity, which the strip never passes, so no row needs the test there.
       const int avail = V == 1 ? kStripRows : rows - m0 * DY;
@@ -396,7 +450,7 @@ __global__ void __launch_bounds__(kTiledThreads, 4)
         float v[KW];
         if (r < avail) {
 #pragma unroll
-          for (int kx = 0; kx < KW; ++kx) v[kx] = src[r * sw + kx];
+          for (int kx = 0; kx < KW; ++kx) v[kx] = static_cast<float>(src[r * sw + kx]);
         } else {
 #pragma unroll
           for (int kx = 0; kx < KW; ++kx) v[kx] = 0.f;
@@ -448,7 +502,8 @@ void launch_fir(const T* x, const float* taps, T* out, TileParams p, cudaStream_
   const int sw = tile_stride(BX, D, 4, 1, V);
   const int sh = tile_rows(BY * M, D, 4, 1);
   finish_params(p, BX, BY * M, M, sw, sh);
-  const size_t smem = static_cast<size_t>(sw) * sh * sizeof(float);
+  const size_t elem = V > 1 && sizeof(T) <= 4 ? sizeof(T) : sizeof(float);  // the kernel's kRaw
+  const size_t smem = static_cast<size_t>(sw) * sh * elem;
   TORCH_INTERNAL_ASSERT(smem <= kSmemBudget);
   TORCH_INTERNAL_ASSERT(V != 1 || (sw == BX * D + 4 - D && sh == (BY * M - 1) * D + 4));  // the kernel's constants
   upfirdn2d_fir_kernel<T, V, 4, 4, D, D, BX, M><<<tiled_grid(p), dim3(BX, BY), smem, stream>>>(x, taps, out, p);
@@ -488,7 +543,8 @@ bool launch_tiled_any(const T* x, const float* taps, T* out, const TileParams& p
     return true;
   }
   if (fir) {
-    launch_fir<T, V, 2, 32, 4>(x, taps, out, p, stream);
+    // Scalar loads: fill_tile_fir's halo takes one sample per thread, so at most 256 / 2 tile rows.
+    launch_fir<T, V, 2, 32, V == 1 ? 4 : 8>(x, taps, out, p, stream);
     return true;
   }
   return launch_tiled<T, V>(x, taps, out, p, stream);
