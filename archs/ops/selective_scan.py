@@ -77,6 +77,18 @@ def _check(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, z: torch.Tenso
         raise ValueError(f"z must have u's shape {tuple(u.shape)}; got {tuple(z.shape)}")
 
 
+def _check_kernel_args(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       z: torch.Tensor | None) -> None:
+    """What the reference checks as it goes, checked up front for the kernels (which would fail less clearly)."""
+    _check(u, delta, A, z)
+    _grouped(B, u.shape[0], u.shape[1], u.shape[2], "B")
+    _grouped(C, u.shape[0], u.shape[1], u.shape[2], "C")
+
+
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
 @overload
 def selective_scan_ref(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -89,7 +101,7 @@ def selective_scan_ref(
 def selective_scan_ref(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = ..., z: torch.Tensor | None = ..., delta_bias: torch.Tensor | None = ...,
-    delta_softplus: bool = ..., *, return_last_state: Literal[True], backend: str | None = ...,
+    delta_softplus: bool = ..., *, return_last_state: Literal[True],
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -97,7 +109,7 @@ def selective_scan_ref(
 def selective_scan_ref(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = ..., z: torch.Tensor | None = ..., delta_bias: torch.Tensor | None = ...,
-    delta_softplus: bool = ..., return_last_state: bool = ..., backend: str | None = ...,
+    delta_softplus: bool = ..., return_last_state: bool = ...,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -192,7 +204,7 @@ def _kernel_layout(m: torch.Tensor) -> int:
 def selective_scan(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None = ..., z: torch.Tensor | None = ..., delta_bias: torch.Tensor | None = ...,
-    delta_softplus: bool = ..., return_last_state: Literal[False] = ...,
+    delta_softplus: bool = ..., return_last_state: Literal[False] = ..., backend: str | None = ...,
 ) -> torch.Tensor: ...
 
 
@@ -243,7 +255,7 @@ def selective_scan(
         and (B.dim() != 4 or B.shape[1] == C.shape[1])
     )
     if use_kernel and choice in ("auto", "mamba_ssm"):
-        # auto prefers mamba-ssm's kernel when it is installed: 1.1-3.3x faster than ours on the H200, same results
+        # auto prefers mamba-ssm's kernel when it is installed: 1.1-3.1x faster than ours on the H200, same results
         # (bench/results/ops.md, tests/test_ops_selective_scan.py::test_three_backends_agree).
         theirs = mamba_ssm_kernel()
         if theirs is None and choice == "mamba_ssm":
@@ -254,19 +266,13 @@ def selective_scan(
     ours = _build.load("selective_scan") if use_kernel and choice in ("auto", "restore") else None
     if ours is None:
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    _check(u, delta, A, z)
-    _grouped(B, u.shape[0], u.shape[1], u.shape[2], "B")
-    _grouped(C, u.shape[0], u.shape[1], u.shape[2], "C")
+    _check_kernel_args(u, delta, A, B, C, z)
     # One dtype for u/delta/z (u's, unless they differ: then float32), B/C in that dtype or float32.
     io = u.dtype if delta.dtype == u.dtype and (z is None or z.dtype == u.dtype) else torch.float32
     bc = io if B.dtype == io and C.dtype == io else torch.float32
-
-    def f32(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(torch.float32).contiguous()
-
     out, last = ours.fwd(
-        u.to(io).contiguous(), delta.to(io).contiguous(), f32(A), B.to(bc).contiguous(), C.to(bc).contiguous(),
-        f32(D), None if z is None else z.to(io).contiguous(), f32(delta_bias), bool(delta_softplus),
+        u.to(io).contiguous(), delta.to(io).contiguous(), _f32(A), B.to(bc).contiguous(), C.to(bc).contiguous(),
+        _f32(D), None if z is None else z.to(io).contiguous(), _f32(delta_bias), bool(delta_softplus),
         bool(return_last_state),
     )
     out = out.to(u.dtype)
@@ -281,9 +287,7 @@ def mamba_ssm_forward(ext: Any, u: torch.Tensor, delta: torch.Tensor, A: torch.T
     selective_scan_fn wrapper prepares): u/delta/z and varying B/C in u's dtype, A/D/delta_bias and constant B/C in
     float32, (batch, N, L) B/C as one group. It returns (out, chunk states[, gated out]); the last state is the odd
     entries of the last chunk (times B when B is constant)."""
-    _check(u, delta, A, z)
-    _grouped(B, u.shape[0], u.shape[1], u.shape[2], "B")
-    _grouped(C, u.shape[0], u.shape[1], u.shape[2], "C")
+    _check_kernel_args(u, delta, A, B, C, z)
     io = u.dtype
 
     def bc(m: torch.Tensor) -> torch.Tensor:
@@ -291,11 +295,8 @@ def mamba_ssm_forward(ext: Any, u: torch.Tensor, delta: torch.Tensor, A: torch.T
             return m.to(torch.float32).contiguous()
         return (m[:, None] if m.dim() == 3 else m).to(io).contiguous()
 
-    def f32(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(torch.float32).contiguous()
-
-    res = ext.fwd(u.contiguous(), delta.to(io).contiguous(), f32(A), bc(B), bc(C), f32(D),
-                  None if z is None else z.to(io).contiguous(), f32(delta_bias), bool(delta_softplus))
+    res = ext.fwd(u.contiguous(), delta.to(io).contiguous(), _f32(A), bc(B), bc(C), _f32(D),
+                  None if z is None else z.to(io).contiguous(), _f32(delta_bias), bool(delta_softplus))
     out = res[2] if z is not None else res[0]
     if not return_last_state:
         return out
