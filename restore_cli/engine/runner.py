@@ -196,8 +196,9 @@ class Runner:
         if not single:
             acc = torch.zeros(self.spec.out_channels, plan.height * s, plan.width * s, device=work)
             wsum = torch.zeros(1, plan.height * s, plan.width * s, device=work)
-            ramps_y = [ramp_1d(plan.ys, i, plan.tile_h, s).to(self.device) for i in range(len(plan.ys))]
-            ramps_x = [ramp_1d(plan.xs, j, plan.tile_w, s).to(self.device) for j in range(len(plan.xs))]
+            # Blending happens where the accumulators live, so no tile's weights travel between devices.
+            ramps_y = [ramp_1d(plan.ys, i, plan.tile_h, s).to(work) for i in range(len(plan.ys))]
+            ramps_x = [ramp_1d(plan.xs, j, plan.tile_w, s).to(work) for j in range(len(plan.xs))]
         positions = plan.positions()
         with torch.inference_mode():
             for b in range(0, len(positions), self.batch):
@@ -224,8 +225,8 @@ class Runner:
                     w = ramps_y[i][:, None] * ramps_x[j][None, :]
                     ys, xs = slice(y * s, (y + plan.tile_h) * s), slice(x * s, (x + plan.tile_w) * s)
                     # blocking: a non_blocking device-to-host copy returns before its data lands
-                    acc[:, ys, xs] += (core * w).to(work)
-                    wsum[:, ys, xs] += w.to(work)
+                    acc[:, ys, xs] += core.to(work) * w
+                    wsum[:, ys, xs] += w
         return _finish(acc.div_(wsum), quantize)
 
 
