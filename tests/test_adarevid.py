@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import zlib
 from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
 
 import archs
 from archs.adarevid import AdaRevID, AdaRevIDSlide, UniDecoder, _axis_weights, _tile_starts, merge_classifier
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 GOLDEN_FILE = GOLDEN / "AdaRevID__slide_w4_3fcnaf_e3hard4_t32o16.safetensors"
 
@@ -34,10 +33,6 @@ SMALL: dict[str, Any] = {
 }
 HARD = {**SMALL, "classifier_type": "hard_simple", "dx": "e3", "num_classes": 4, "exit_idx": [3, 1, 2, 3]}
 SINGLE = {**SMALL, "classifier_type": "single", "dx": "fd4"}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def _randomize(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -92,16 +87,7 @@ class _DecoderCounter:
 
 
 def test_golden_tile_exits_logits_and_determinism() -> None:
-    if not GOLDEN_FILE.is_file():
-        pytest.skip(f"{GOLDEN_FILE} not found")
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    with safe_open(str(GOLDEN_FILE), "pt") as f:
-        meta, t = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
-    model.eval()
+    model, t, _ = load_golden(GOLDEN_FILE)
     counter = _DecoderCounter(model)
     with torch.no_grad():
         torch.manual_seed(1)
@@ -109,8 +95,8 @@ def test_golden_tile_exits_logits_and_determinism() -> None:
         torch.manual_seed(2)
         b = model(t["input"])
     assert torch.equal(a, b)  # the encoder's kernel-code noise is zero in eval
-    assert _rel(a, t["output"]) <= 1e-4
-    assert model.last_logits is not None and _rel(model.last_logits, t["aux.ape_logits"]) <= 1e-4
+    assert rel_l2(a, t["output"]) <= 1e-4
+    assert model.last_logits is not None and rel_l2(model.last_logits, t["aux.ape_logits"]) <= 1e-4
     # golden notes: the 6 tiles take classes [0, 2, 0, 0, 0, 0] -> exit_idx [3, 1, 2, 3] -> [3, 2, 3, 3, 3, 3] decoders
     assert model.last_info == {"exit": [[3, 2, 3, 3, 3, 3]], "decoders": [[3, 2, 3, 3, 3, 3]],
                                "classes": [[0, 2, 0, 0, 0, 0]], "tiles": 6, "max_decoders": 3}
@@ -142,7 +128,7 @@ def test_forcing_the_last_exit_equals_the_full_model() -> None:
         table = model(x)
     assert full.last_info["decoders"] == [[3] * 6]
     assert torch.allclose(forced, ref, rtol=0, atol=1e-6) and torch.allclose(table, ref, rtol=0, atol=1e-6)
-    assert _rel(adaptive, ref) > 1e-3
+    assert rel_l2(adaptive, ref) > 1e-3
 
 
 def test_exit_table_and_force_exit_run_fewer_decoders() -> None:
@@ -182,7 +168,7 @@ def test_exit_threshold_selects_a_calibrated_table_for_hard_simple() -> None:
         loose = model(x)
         assert model.last_info["decoders"][0] == [tables["0.1"][c] for c in classes]
         assert counter.total == sum(model.last_info["decoders"][0]) < runs_strict
-        assert _rel(loose, strict) > 1e-3
+        assert rel_l2(loose, strict) > 1e-3
         model.exit_threshold = 0.2
         with pytest.raises(ValueError, match="not calibrated"):
             model(x)
@@ -281,9 +267,9 @@ def test_batch_items_are_independent_and_tile_batch_changes_nothing() -> None:
         alone = model(x[1:])
         model.tile_batch = 4
         chunked = model(x)
-    assert _rel(both[1:], alone) < 1e-5  # float noise of other batch sizes only
+    assert rel_l2(both[1:], alone) < 1e-5  # float noise of other batch sizes only
     assert info["decoders"][1] == model.last_info["decoders"][1] and len(info["exit"]) == 2
-    assert _rel(chunked, both) < 1e-5
+    assert rel_l2(chunked, both) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -357,7 +343,7 @@ def test_bf16_cpu_close_to_float32() -> None:
         ref = model(x)
         out = model.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    assert _rel(out.float(), ref) < 0.05
+    assert rel_l2(out.float(), ref) < 0.05
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -4,49 +4,32 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
 
 import archs
 from archs.camixersr import CAMixerSR, _keep_count
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, read_golden, rel_l2
 
 SMALL_FILE = GOLDEN / "CAMixerSR__small_x4.safetensors"
 REAL_FILE = GOLDEN / "real" / "real__CAMixerSR_S.safetensors"
 REAL_PTH = GOLDEN / "real" / "CAMixerSR_S.pth"
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def _read(path: Any) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    with safe_open(str(path), "pt") as f:
-        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-
-
 def _small() -> tuple[CAMixerSR, torch.Tensor]:
     """The small golden model (routing calibrated so that 3 of 12 windows rank as complex in every block)."""
-    meta, t = _read(SMALL_FILE)
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    model = archs.build("CAMixerSR", **json.loads(meta["kwargs"]))
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
+    model, t, _ = load_golden(SMALL_FILE, "CAMixerSR")
     assert isinstance(model, CAMixerSR)
-    return model.eval(), t["input"]
+    return model, t["input"]
 
 
 def test_real_checkpoint_reproduces_upstream() -> None:
     """CAMixerSR_S.pth (params_ema, strict) on a Kodak crop: upstream's output within 1e-4 relative L2."""
-    meta, t = _read(REAL_FILE)
+    t, meta = read_golden(REAL_FILE)
     if not REAL_PTH.is_file():
         pytest.skip(f"{REAL_PTH} not found")
     sd = torch.load(REAL_PTH, map_location="cpu", weights_only=True)["params_ema"]
@@ -58,7 +41,7 @@ def test_real_checkpoint_reproduces_upstream() -> None:
     with torch.no_grad():
         out = model(t["input"])
     assert out.shape == t["output"].shape
-    assert _rel(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
+    assert rel_l2(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
     assert model.last_info == {"ratio": 0.5, "kept": 0.5}  # golden notes: 10 of 20 blocks keep all 12, 10 keep 0
 
 
@@ -87,8 +70,8 @@ def test_runtime_ratio_and_last_info() -> None:
         with torch.no_grad():
             outs[ratio] = model(x)
         assert model.last_info == {"ratio": ratio, "kept": round(kept, 4)}
-    assert _rel(outs[1.0], outs[0.5]) > 1e-3  # more attention windows change the image
-    assert _rel(outs[0.0], outs[0.5]) > 1e-3
+    assert rel_l2(outs[1.0], outs[0.5]) > 1e-3  # more attention windows change the image
+    assert rel_l2(outs[0.0], outs[0.5]) > 1e-3
 
 
 def test_batch_items_are_independent() -> None:
@@ -135,7 +118,7 @@ def test_low_precision_bf16() -> None:
         ref = model(x)
         low = model.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert torch.isfinite(low).all()
-    assert _rel(low.float(), ref) <= 0.05
+    assert rel_l2(low.float(), ref) <= 0.05
 
 
 CONFIGS: list[dict[str, Any]] = [

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import archs
 from archs import convmambasr
 from archs.convmambasr import ConvMambaSR
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 # Until the family is listed in archs._FAMILY_MODULES: register it here, once.
 if "convmambasr" not in archs.names():
@@ -30,22 +30,11 @@ MANIFEST = GOLDEN / "ConvMambaSR__official_x4.keys.json"
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason="golden folder not found")
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
-
-
 @functools.cache
 def _golden_cached() -> tuple[ConvMambaSR, dict[str, torch.Tensor], dict[str, str]]:
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    with safe_open(str(GOLDEN_FILE), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
+    model, t, meta = load_golden(GOLDEN_FILE)
     assert isinstance(model, ConvMambaSR)
-    return model.eval(), t, meta
+    return model, t, meta
 
 
 def _golden() -> tuple[ConvMambaSR, dict[str, torch.Tensor], dict[str, str]]:
@@ -74,7 +63,7 @@ def test_golden_output_on_cpu() -> None:
     with torch.no_grad():
         out = model(t["input"])
     assert out.shape == t["output"].shape
-    assert _rel(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
+    assert rel_l2(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
 
 
 @needs_golden
@@ -169,7 +158,7 @@ def test_half_precision_on_cpu(dtype: torch.dtype, bound: float) -> None:
         want = model(x)
         out = model.to(dtype)(x.to(dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
-    assert _rel(out, want) < bound
+    assert rel_l2(out, want) < bound
 
 
 @needs_golden
@@ -206,4 +195,4 @@ def test_golden_on_cuda_with_kernel(dtype: torch.dtype, bound: float) -> None:
     model, t, _ = _golden()
     with torch.inference_mode():
         out = model.cuda().to(dtype)(t["input"].cuda().to(dtype))
-    assert _rel(out.cpu(), t["output"]) <= bound
+    assert rel_l2(out.cpu(), t["output"]) <= bound

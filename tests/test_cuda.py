@@ -5,7 +5,6 @@ Marked `cuda`: skipped on CPU CI, run on the H200 (results committed under bench
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,9 @@ from safetensors import safe_open
 
 import archs
 from restore_cli.engine.runner import Runner
-from tests.conftest import GOLDEN
 from tests.test_seams import _cases, _load, smooth_image
 
 pytestmark = pytest.mark.cuda
-sys.path.insert(0, str(GOLDEN))
 
 CUDA = torch.device("cuda")
 HALF_TOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}

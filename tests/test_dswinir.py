@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from archs import dswinir
 from archs.dswinir import MSDeformableNeighborhoodAttention
 from archs.ops import _build
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 # Until the family is listed in archs._FAMILY_MODULES, register it here (once).
 for _e in dswinir.ARCHS:
@@ -29,26 +29,9 @@ MANIFESTS = sorted(GOLDEN.glob("MSDeformableNAIR__*.keys.json"))
 TILE_KW: dict[str, Any] = {"dim": 6, "num_blocks": [1, 0, 0, 0], "num_refinement_blocks": 0, "heads": [3, 3, 3, 3]}
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
-
-
 @functools.cache
 def _golden(name: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    path = GOLDEN / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
-    return model.eval(), t, meta
+    return load_golden(GOLDEN / name)
 
 
 def _meta_shapes(path: Path) -> dict[str, torch.Tensor]:
@@ -89,7 +72,7 @@ def test_golden_output(path: Path) -> None:
     with torch.no_grad():
         out = model(t["input"])
     assert out.shape == t["output"].shape
-    assert _rel(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
+    assert rel_l2(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
 
 
 def test_golden_low_precision_and_odd_sizes() -> None:
@@ -102,7 +85,7 @@ def test_golden_low_precision_and_odd_sizes() -> None:
         finally:
             model.float()
         small = model(x[..., :20, :45])  # padded to min_size 48 inside (replicate: 28 rows > 20), cropped back
-    assert _rel(low, ref) < 0.05
+    assert rel_l2(low, ref) < 0.05
     assert small.shape == (1, 3, 20, 45) and torch.isfinite(small).all()
     # reflect padding up to the multiple of 8 when the input is large enough, replicate when not
     pad = model._pad(x[..., :61, :45])
@@ -206,7 +189,7 @@ def test_deformable_sampling_is_upstreams_grid_sample() -> None:
         q = attn.proj_q(x) * 3  # larger offsets: saturated tanh and every edge case
         got = attn._deform(x, q)
         want = _upstream_sampling(attn, x, q)
-    assert _rel(got, want) < 1e-12
+    assert rel_l2(got, want) < 1e-12
 
 
 def _upstream_sampling(attn: MSDeformableNeighborhoodAttention, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -251,11 +234,11 @@ def test_golden_on_cuda_uses_the_kernel() -> None:
         model.cuda()
         with torch.no_grad():
             out = model(x)
-            assert _rel(out.cpu(), t["output"]) <= 1e-4
+            assert rel_l2(out.cpu(), t["output"]) <= 1e-4
             for dtype, tol in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2)):
                 low = model.to(dtype)(x.to(dtype)).float()
                 model.float()
-                assert torch.isfinite(low).all() and _rel(low.cpu(), t["output"]) < tol, dtype
+                assert torch.isfinite(low).all() and rel_l2(low.cpu(), t["output"]) < tol, dtype
             odd = model(torch.rand(2, 3, 61, 83, device="cuda"))
             assert odd.shape == (2, 3, 61, 83) and torch.isfinite(odd).all()
     finally:

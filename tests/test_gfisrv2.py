@@ -3,38 +3,25 @@ rotating branch names, MetaUpsample loading, detection, and the "global" tiling 
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
 
 import archs
 from archs.gfisrv2 import GFISRV2, SAMPLE_MODS, FourierUnit
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 GOLDEN_FILE = GOLDEN / "GFISRV2__small_x4.safetensors"
 needs_golden = pytest.mark.skipif(not GOLDEN_FILE.is_file(), reason="golden file not found")
 TINY: dict[str, Any] = {"dim": 8, "n_blocks": 1, "mid_dim": 16}
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
-
-
 def _golden() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    with safe_open(str(GOLDEN_FILE), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    model = archs.build("GFISRV2", **json.loads(meta["kwargs"]))
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
-    return model.eval(), t
+    model, t, _ = load_golden(GOLDEN_FILE, "GFISRV2")
+    return model, t
 
 
 @needs_golden
@@ -44,7 +31,7 @@ def test_half_precision_forward_on_cpu(dtype: torch.dtype) -> None:
     with torch.no_grad():
         out = model.to(dtype)(t["input"].to(dtype))
     assert out.dtype == dtype
-    assert _rel(out, t["output"]) < 3e-2
+    assert rel_l2(out, t["output"]) < 3e-2
 
 
 def test_fourier_unit_float32_inside() -> None:
@@ -54,7 +41,7 @@ def test_fourier_unit_float32_inside() -> None:
         ref = fu(x)
         out = fu.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert out.dtype == torch.bfloat16 and out.shape == ref.shape
-    assert _rel(out, ref) < 3e-2
+    assert rel_l2(out, ref) < 3e-2
 
 
 @pytest.mark.parametrize(

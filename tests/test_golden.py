@@ -4,7 +4,6 @@ and every official keys manifest builds exactly those keys and shapes, and is de
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,10 @@ from safetensors import safe_open
 
 import archs
 from tests.conftest import GOLDEN
+from tests.goldens import read_golden, recipe_state_dict, rel_l2
 
 if not GOLDEN.is_dir():
     pytest.skip(f"golden folder {GOLDEN} not found", allow_module_level=True)
-sys.path.insert(0, str(GOLDEN))
-from recipe import recipe_state_dict
 
 
 def _meta(path: Path) -> dict[str, str]:
@@ -38,15 +36,9 @@ GOLDENS = sorted(p for p in [*GOLDEN.glob("*.safetensors"), *GOLDEN.glob("real/*
 MANIFESTS = sorted(p for p in GOLDEN.glob("*.keys.json") if _known(json.loads(p.read_text())["class"]))
 
 
-def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
-
-
 @pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.name)
 def test_golden_output(path: Path) -> None:
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    t, meta = read_golden(path)
     model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
     sd = recipe_state_dict(t, meta)
     if not sd and "checkpoint" in meta:
@@ -59,7 +51,7 @@ def test_golden_output(path: Path) -> None:
     with torch.no_grad():
         out = model(t["input"])
     tol = float(meta.get("tolerance", "1e-4"))
-    err = _rel_l2(out, t["output"])
+    err = rel_l2(out, t["output"])
     assert out.shape == t["output"].shape
     assert err <= tol, f"relative L2 {err:.3e} > {tol}"
     # Outputs of the same weights under another call (e.g. SpanC's other scales), where the arch exposes them.
@@ -68,7 +60,7 @@ def test_golden_output(path: Path) -> None:
             s = int(key.removeprefix("output_scale"))
             with torch.no_grad():
                 other = model(t["input"], s)
-            assert _rel_l2(other, t[key]) <= tol, key
+            assert rel_l2(other, t[key]) <= tol, key
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)

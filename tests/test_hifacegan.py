@@ -14,12 +14,9 @@ from torch.nn.utils import spectral_norm
 import archs
 from archs.hifacegan import HiFaceGAN, SpectralNormConv2d
 from restore_cli.engine.runner import Runner
+from tests.goldens import rel_l2
 
 SMALL: dict[str, Any] = {"num_feat": 2}  # 16 * nf = 32 channels at the bottleneck
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def _model(kwargs: dict[str, Any], seed: int = 0) -> HiFaceGAN:
@@ -198,7 +195,7 @@ def test_bf16_runs() -> None:
         ref = model(x)
         out = model.to(torch.bfloat16)(x.bfloat16()).float()
     assert torch.isfinite(out).all()
-    assert _rel(out, ref) < 0.15  # random weights amplify rounding; see the report for fp16/bf16 numbers
+    assert rel_l2(out, ref) < 0.15  # random weights amplify rounding; see the report for fp16/bf16 numbers
 
 
 def test_face_renovation_key_names() -> None:

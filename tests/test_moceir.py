@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from typing import Any
 
 import pytest
@@ -15,33 +14,17 @@ from archs._restormer import GLOBAL_CONTEXT_CAP
 from archs.moceir import AdapterLayer, ModExpert
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 GOLDEN_FILE = "MoCEIR__d8_l4_spread_top1.safetensors"
 # upstream's record of the golden forward (metadata notes, stats.routing): expert per decoder block
 GOLDEN_ROUTING = {"dec.0.2.layers.0": [2], "dec.1.2.layers.0": [2], "dec.2.2.layers.0": [1]}
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
-
-
 @functools.cache
 def _golden() -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import safe_open
-
-    path = GOLDEN / GOLDEN_FILE
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    kwargs = json.loads(meta["kwargs"])
-    model = archs.build("MoCEIR", **kwargs)
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
-    return model.eval(), t, kwargs
+    model, t, meta = load_golden(GOLDEN / GOLDEN_FILE, "MoCEIR")
+    return model, t, json.loads(meta["kwargs"])
 
 
 def _count_expert_calls(model: torch.nn.Module) -> tuple[dict[str, list[int]], list[Any]]:
@@ -75,9 +58,9 @@ def test_golden_adapters_and_routing() -> None:
         out = model(t["input"])
     for h in handles:
         h.remove()
-    assert _rel(out, t["output"]) <= 1e-4
+    assert rel_l2(out, t["output"]) <= 1e-4
     for name, v in got.items():
-        assert _rel(v, t[f"aux.{name}"]) <= 1e-5, name
+        assert rel_l2(v, t[f"aux.{name}"]) <= 1e-5, name
     # the report sees upstream's choice (one image, top-1) ...
     info = model.last_info
     assert dict(zip(info["blocks"], info["experts"][0], strict=True)) == GOLDEN_ROUTING
@@ -122,7 +105,7 @@ def test_batch_routes_each_image_on_its_own() -> None:
             assert model.last_info["experts"][0] == info["experts"][i]
     for h in handles:
         h.remove()
-    assert _rel(batched, torch.cat(singles)) < 1e-5
+    assert rel_l2(batched, torch.cat(singles)) < 1e-5
     assert len(info["experts"]) == 4 and len(info["blocks"]) == 3
     # in the batched forward each expert ran at most once per block, on exactly the images routed to it
     for path, sizes in calls.items():
@@ -187,7 +170,7 @@ def test_low_precision_and_odd_sizes() -> None:
         finally:
             model.float()
         odd = model(x[..., :37, :51])  # padded inside to a multiple of 8, cropped back
-    assert _rel(low, ref) < 0.05
+    assert rel_l2(low, ref) < 0.05
     assert odd.shape == (1, 3, 37, 51) and torch.isfinite(odd).all()
 
 

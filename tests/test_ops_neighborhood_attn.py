@@ -20,6 +20,7 @@ from archs.ops.neighborhood_attn import (
     na2d_reference,
     window_indices,
 )
+from tests.goldens import rel_l2
 
 # ---------------------------------------------------------------------------------------------------------------------
 # naive NATTEN: natten/cpu/naive/natten_cpu_commons.h (v0.17.5), written out as NATTEN states it, case by case
@@ -75,10 +76,6 @@ def _naive_av(attn: torch.Tensor, v: torch.Tensor, kernel: tuple[int, int], dil:
     return out
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
-
-
 def _inputs(shape: tuple[int, ...], kernel: tuple[int, int], dtype: torch.dtype = torch.float64,
             device: str = "cpu", seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
@@ -119,16 +116,16 @@ def test_window_rules_match_natten() -> None:
 def test_reference_matches_naive(shape: tuple[int, ...], kernel: tuple[int, int], dil: tuple[int, int]) -> None:
     q, k, v, rpb = _inputs(shape, kernel)
     want = _naive_qk(q, k, kernel, dil, rpb)
-    assert _rel(na2d_qk_reference(q, k, kernel, dil, rpb), want) < 1e-12
-    assert _rel(na2d_qk_reference(q, k, kernel, dil), _naive_qk(q, k, kernel, dil, None)) < 1e-12
+    assert rel_l2(na2d_qk_reference(q, k, kernel, dil, rpb), want) < 1e-12
+    assert rel_l2(na2d_qk_reference(q, k, kernel, dil), _naive_qk(q, k, kernel, dil, None)) < 1e-12
     attn = want.softmax(-1)
-    assert _rel(na2d_av_reference(attn, v, kernel, dil), _naive_av(attn, v, kernel, dil)) < 1e-12
+    assert rel_l2(na2d_av_reference(attn, v, kernel, dil), _naive_av(attn, v, kernel, dil)) < 1e-12
     scale = 0.37
     fused = _naive_av(_naive_qk(q * scale, k, kernel, dil, rpb).softmax(-1), v, kernel, dil)
-    assert _rel(na2d_reference(q, k, v, kernel, dil, rpb, scale), fused) < 1e-12
+    assert rel_l2(na2d_reference(q, k, v, kernel, dil, rpb, scale), fused) < 1e-12
     # the default scale is head_dim ** -0.5, as NATTEN's
     fused_default = _naive_av(_naive_qk(q * shape[-1] ** -0.5, k, kernel, dil, None).softmax(-1), v, kernel, dil)
-    assert _rel(na2d_reference(q, k, v, kernel, dil), fused_default) < 1e-12
+    assert rel_l2(na2d_reference(q, k, v, kernel, dil), fused_default) < 1e-12
 
 
 def test_reference_low_precision() -> None:
@@ -139,7 +136,7 @@ def test_reference_low_precision() -> None:
     for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 2e-2), (torch.float16, 3e-3)):
         got = na2d_reference(q.to(dtype), k.to(dtype), v.to(dtype), kernel, dil, rpb.to(dtype))
         assert got.dtype == dtype and torch.isfinite(got).all()
-        assert _rel(got, want) < tol, dtype
+        assert rel_l2(got, want) < tol, dtype
 
 
 def test_int_and_pair_arguments_agree() -> None:
@@ -228,17 +225,17 @@ def test_cuda_matches_reference(shape: tuple[int, ...], kernel: tuple[int, int],
             got = na2d_qk(q, k, kernel, dil, bias)
             want = na2d_qk_reference(q.double(), k.double(), kernel, dil, None if bias is None else bias.double())
             assert got.dtype == dtype and torch.isfinite(got).all()
-            assert _rel(got, want) < tol, ("qk", bias is None)
+            assert rel_l2(got, want) < tol, ("qk", bias is None)
         attn = want.softmax(-1).to(dtype)
         got = na2d_av(attn, v, kernel, dil)
         assert got.dtype == dtype and torch.isfinite(got).all()
-        assert _rel(got, na2d_av_reference(attn.double(), v.double(), kernel, dil)) < tol, "av"
+        assert rel_l2(got, na2d_av_reference(attn.double(), v.double(), kernel, dil)) < tol, "av"
         for bias in (rpb, None):
             got = na2d(q, k, v, kernel, dil, bias, scale)
             want = na2d_reference(q.double(), k.double(), v.double(), kernel, dil,
                                   None if bias is None else bias.double(), scale)
             assert got.dtype == dtype and torch.isfinite(got).all()
-            assert _rel(got, want) < tol, ("fused", bias is None)
+            assert rel_l2(got, want) < tol, ("fused", bias is None)
 
 
 @pytest.mark.cuda
@@ -246,14 +243,14 @@ def test_cuda_float64_and_non_contiguous_inputs() -> None:
     _cuda_module()
     q, k, v, rpb = _inputs((2, 6, 21, 19, 12), (3, 3), dtype=torch.float64, device="cuda")
     with torch.no_grad():
-        assert _rel(na2d(q, k, v, 3, 2, rpb), na2d_reference(q, k, v, 3, 2, rpb)) < 1e-12
+        assert rel_l2(na2d(q, k, v, 3, 2, rpb), na2d_reference(q, k, v, 3, 2, rpb)) < 1e-12
         # a head slice of a (B, heads, ...) tensor and a channels-first permute, as the model passes them
         qs, ks, vs = (t.float()[:, 2:4] for t in (q, k, v))
         assert not qs.is_contiguous()
         got = na2d(qs, ks, vs, 3, 1, rpb[2:4].float(), 0.25)
-        assert _rel(got, na2d_reference(qs.double(), ks.double(), vs.double(), 3, 1, rpb[2:4], 0.25)) < 1e-5
+        assert rel_l2(got, na2d_reference(qs.double(), ks.double(), vs.double(), 3, 1, rpb[2:4], 0.25)) < 1e-5
         perm = q.float().permute(0, 1, 4, 2, 3).contiguous().permute(0, 1, 3, 4, 2)
-        assert _rel(na2d_qk(perm, perm, 5), na2d_qk_reference(perm.double(), perm.double(), 5)) < 1e-5
+        assert rel_l2(na2d_qk(perm, perm, 5), na2d_qk_reference(perm.double(), perm.double(), 5)) < 1e-5
 
 
 @pytest.mark.cuda
@@ -274,7 +271,7 @@ def test_cuda_large_batch_no_nan() -> None:
         out = na2d(q, k, v, 3, 2, rpb)
         assert torch.isfinite(out).all()
         want = na2d_reference(q.double(), k.double(), v.double(), 3, 2, rpb.double())
-    assert _rel(out, want) < TOL[torch.float16]
+    assert rel_l2(out, want) < TOL[torch.float16]
     assert math.isfinite(float(out.float().abs().max()))
 
 
@@ -300,7 +297,7 @@ def _fused_vs_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: 
         want = na2d_reference(q.double(), k.double(), v.double(), kernel, dil, None if rpb is None else rpb.double(),
                               scale)
     assert got.dtype == q.dtype and got.shape == q.shape and torch.isfinite(got).all()
-    err = _rel(got, want)
+    err = rel_l2(got, want)
     assert err < tol, (tuple(q.shape), kernel, dil, rpb is None, err)
     return got
 
@@ -332,13 +329,13 @@ def test_cuda_av_row_kernel_matches_reference(head_dim: int, dtype: torch.dtype)
             got = na2d_av(attn, v, kernel, dil)
             want = na2d_av_reference(attn.double(), v.double(), kernel, dil)
             assert got.dtype == dtype and torch.isfinite(got).all()
-            assert _rel(got, want) < TOL[dtype], (shape, kernel, dil)
+            assert rel_l2(got, want) < TOL[dtype], (shape, kernel, dil)
             if n == 0:
                 buf = torch.empty(v.numel() + 1, device="cuda", dtype=dtype)
                 shifted = buf[1:].view(v.shape)
                 shifted.copy_(v)
                 assert shifted.is_contiguous() and shifted.data_ptr() % 16 != 0
-                assert _rel(na2d_av(attn, shifted, kernel, dil), want) < TOL[dtype]
+                assert rel_l2(na2d_av(attn, shifted, kernel, dil), want) < TOL[dtype]
 
 
 @pytest.mark.cuda
@@ -376,4 +373,4 @@ def test_cuda_fused_team_kernel_fallbacks(dtype: torch.dtype) -> None:
 
     row = _fused_vs_reference(q, k, v, rpb, kernel, dil, 0.25, TOL[dtype])
     team = _fused_vs_reference(shifted(q), shifted(k), shifted(v), rpb, kernel, dil, 0.25, TOL[dtype])
-    assert _rel(row, team) < 2 * TOL[dtype]
+    assert rel_l2(row, team) < 2 * TOL[dtype]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from archs.ops import _build
 from archs.ops.selective_scan import mamba_ssm_kernel, selective_scan, selective_scan_ref
+from tests.goldens import rel_l2
 
 Inputs = dict[str, Any]  # keyword arguments of selective_scan
 
@@ -78,10 +79,6 @@ def _inputs(batch: int, dim: int, length: int, n: int, groups: int | None, *, fo
     }
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
-
-
 # -- reference (CPU) -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("batch", "dim", "length", "n", "groups", "form"), [
@@ -99,8 +96,8 @@ def test_reference_matches_naive_float64(batch: int, dim: int, length: int, n: i
     want, want_last = _naive(**x)
     got, last = selective_scan_ref(**x, return_last_state=True)
     assert got.dtype == torch.float32 and got.shape == (batch, dim, length)
-    assert _rel(got, want) < 2e-6
-    assert _rel(last, want_last) < 2e-6
+    assert rel_l2(got, want) < 2e-6
+    assert rel_l2(last, want_last) < 2e-6
 
 
 def test_reference_float64_stays_float64() -> None:
@@ -108,14 +105,14 @@ def test_reference_float64_stays_float64() -> None:
     got = selective_scan_ref(**x)
     assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
     want, _ = _naive(**x)
-    assert _rel(got, want) < 1e-12
+    assert rel_l2(got, want) < 1e-12
 
 
 def test_reference_mixed_b_c_forms() -> None:
     x = _inputs(2, 6, 19, 3, 3)
     x["B"] = torch.randn(6, 3)  # constant B with grouped C
     want, _ = _naive(**x)
-    assert _rel(selective_scan_ref(**x), want) < 2e-6
+    assert rel_l2(selective_scan_ref(**x), want) < 2e-6
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -126,7 +123,7 @@ def test_reference_half_inputs_return_half(dtype: torch.dtype) -> None:
     got = selective_scan_ref(**half)
     assert isinstance(got, torch.Tensor) and got.dtype == dtype
     want, _ = _naive(**half)  # same rounded inputs: only the output rounding differs
-    assert _rel(got, want) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
+    assert rel_l2(got, want) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
 
 
 def test_reference_long_decay_is_stable() -> None:
@@ -135,7 +132,7 @@ def test_reference_long_decay_is_stable() -> None:
     x["delta"] = torch.tensor([30.0, 1e-4, 1.0, 5.0])[None, :, None].expand(1, 4, 400).contiguous()
     got = selective_scan_ref(**x)
     want, _ = _naive(**x)
-    assert torch.isfinite(got).all() and _rel(got, want) < 2e-6
+    assert torch.isfinite(got).all() and rel_l2(got, want) < 2e-6
 
 
 def test_shape_errors() -> None:
@@ -213,8 +210,8 @@ def test_kernel_matches_reference_fp32(batch: int, dim: int, length: int, n: int
         ref, ref_last = selective_scan_ref(**x, return_last_state=True)
     assert got.dtype == torch.float32 and got.shape == ref.shape
     assert not torch.isnan(got).any()
-    assert _rel(got, ref) < 5e-5
-    assert _rel(last, ref_last) < 5e-5
+    assert rel_l2(got, ref) < 5e-5
+    assert rel_l2(last, ref_last) < 5e-5
 
 
 @pytest.mark.cuda
@@ -229,7 +226,7 @@ def test_kernel_matches_reference_half(dtype: torch.dtype, batch: int, dim: int,
         ref = selective_scan_ref(**x)  # float32 math on the same rounded inputs
     assert isinstance(got, torch.Tensor) and got.dtype == dtype
     assert not torch.isnan(got).any()
-    assert _rel(got, ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
+    assert rel_l2(got, ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
 
 
 @pytest.mark.cuda
@@ -243,7 +240,7 @@ def test_kernel_mixed_dtypes_and_views() -> None:
         got = selective_scan(**x, backend="restore")
         ref = selective_scan_ref(**x)
     assert isinstance(got, torch.Tensor) and got.dtype == torch.float16
-    assert _rel(got, ref) < 2e-3
+    assert rel_l2(got, ref) < 2e-3
 
 
 @pytest.mark.cuda
@@ -293,7 +290,7 @@ def test_mamba_ssm_adapter(form: str, extras: bool) -> None:
     args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus")]
     got, last = mamba_ssm_forward(FakeMambaExt(), *args, return_last_state=True)
     ref, ref_last = selective_scan_ref(**x, return_last_state=True)
-    assert _rel(got, ref) < 1e-6 and _rel(last, ref_last) < 1e-6
+    assert rel_l2(got, ref) < 1e-6 and rel_l2(last, ref_last) < 1e-6
     assert isinstance(mamba_ssm_forward(FakeMambaExt(), *args, return_last_state=False), torch.Tensor)
 
 
@@ -321,6 +318,6 @@ def test_three_backends_agree(batch: int, dim: int, length: int, n: int, groups:
         ref, ref_last = selective_scan(**x, return_last_state=True, backend="reference")
     assert ours.dtype == theirs.dtype == ref.dtype == dtype
     bound = 5e-5 if dtype == torch.float32 else 1e-2  # bf16: one output rounding, differently ordered sums
-    assert _rel(theirs, ref) < bound and _rel(ours, ref) < bound
-    assert _rel(ours, theirs) < bound
-    assert _rel(ours_last, ref_last) < 5e-5 and _rel(theirs_last, ref_last) < 5e-5
+    assert rel_l2(theirs, ref) < bound and rel_l2(ours, ref) < bound
+    assert rel_l2(ours, theirs) < bound
+    assert rel_l2(ours_last, ref_last) < 5e-5 and rel_l2(theirs_last, ref_last) < 5e-5

@@ -10,6 +10,7 @@ import torch
 import archs
 from archs.plksr import DySample
 from archs.span import Conv3XC
+from tests.goldens import rel_l2
 
 
 def _meta_shapes(arch: str, kwargs: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -21,10 +22,6 @@ def _meta_shapes(arch: str, kwargs: dict[str, Any]) -> dict[str, tuple[int, ...]
 def _meta_state_dict(arch: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         return dict(archs.build(arch, **kwargs).state_dict())
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 PLKSR_CONFIGS: list[dict[str, Any]] = [
@@ -161,7 +158,7 @@ def test_span_fused_equals_train_form(kwargs: dict[str, Any]) -> None:
     with torch.no_grad():
         y_train = model(x)  # train form: three convs + skip per Conv3XC
         y_eval = model.eval()(x)  # fused single 3x3 per Conv3XC
-    assert _rel(y_eval, y_train) <= 1e-5
+    assert rel_l2(y_eval, y_train) <= 1e-5
 
 
 def test_conv3xc_fusion_is_exact_per_layer() -> None:
@@ -171,7 +168,7 @@ def test_conv3xc_fusion_is_exact_per_layer() -> None:
     with torch.no_grad():
         y_train = conv(x)
         y_eval = conv.eval()(x)
-    assert _rel(y_eval, y_train) <= 1e-6
+    assert rel_l2(y_eval, y_train) <= 1e-6
 
 
 def test_span_load_order_and_stale_eval_conv() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from typing import Any
 
 import pytest
@@ -14,32 +13,16 @@ import archs
 from archs._restormer import GLOBAL_CONTEXT_CAP, LayerNorm, channel_attention, ffn_factor
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 SMALL: dict[str, Any] = {"dim": 8, "num_blocks": [1, 1, 1, 2], "num_refinement_blocks": 1, "heads": [1, 2, 2, 4]}
 PROMPTIR_SMALL: dict[str, Any] = {"num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "decoder": True}
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
-
-
 @functools.cache
 def _golden(name: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor], dict[str, str]]:
     """A golden file's model (strictly loaded, eval), tensors and metadata; loaded once per module."""
-    from safetensors import safe_open
-
-    path = GOLDEN / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
-    return model.eval(), t, meta
+    return load_golden(GOLDEN / name)
 
 
 def _meta_sd(name: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -72,9 +55,9 @@ def test_promptir_golden_prompt_branch() -> None:
         getattr(model, n).register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o))
     with torch.no_grad():
         out = model(t["input"])
-    assert _rel(out, t["output"]) <= 1e-4
+    assert rel_l2(out, t["output"]) <= 1e-4
     for n, v in got.items():
-        assert _rel(v, t[f"aux.{n}"]) <= 1e-5, n
+        assert rel_l2(v, t[f"aux.{n}"]) <= 1e-5, n
 
 
 @pytest.mark.parametrize("name", ["PromptIR__dec_nb1111_r1_ffn2.66.safetensors",
@@ -90,7 +73,7 @@ def test_golden_low_precision_and_odd_sizes(name: str) -> None:
         finally:
             model.float()
         odd = model(x[..., :37, :51])
-    assert _rel(low, ref) < 0.05
+    assert rel_l2(low, ref) < 0.05
     assert odd.shape == (1, 3, 37, 51) and torch.isfinite(odd).all()
 
 
@@ -177,7 +160,7 @@ def test_channel_attention_half_precision_is_stable() -> None:
     temp = torch.ones(2, 1, 1)
     ref = channel_attention(q, k, v, temp, 2)
     low = channel_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), temp, 2)
-    assert torch.isfinite(low).all() and _rel(low, ref) < 0.02
+    assert torch.isfinite(low).all() and rel_l2(low, ref) < 0.02
 
 
 # ------------------------------------------------------------------------------------------------------------ DFPIR
@@ -211,8 +194,8 @@ def test_dfpir_text_embedding_attribute_and_batch() -> None:
         single = model(x[1:])
         changed = model(x, text_embedding=other)
     assert torch.equal(by_arg, by_attr)
-    assert _rel(single, by_attr[1:]) < 1e-5  # one embedding serves every image of the batch
-    assert _rel(changed, by_attr) > 1e-4  # the text steers the restoration
+    assert rel_l2(single, by_attr[1:]) < 1e-5  # one embedding serves every image of the batch
+    assert rel_l2(changed, by_attr) > 1e-4  # the text steers the restoration
 
 
 # ----------------------------------------------------------------------------------------------------------- tiling

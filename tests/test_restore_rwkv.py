@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import archs
 from archs import restore_rwkv
 from archs.restore_rwkv import OmniShift, Restore_RWKV
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 SMALL: dict[str, Any] = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1}
 
@@ -24,10 +24,6 @@ def setup_module() -> None:
     for e in restore_rwkv.ARCHS:  # until the family is listed in archs._FAMILY_MODULES
         if e.id not in archs.names():
             archs._register(e)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def _random(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -45,30 +41,17 @@ def _random(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 @functools.cache
-def _golden_file(name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    path = GOLDEN / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118
-
-
 def _golden_names() -> list[str]:
     return sorted(p.name for p in GOLDEN.glob("Restore_RWKV__*.safetensors"))
 
 
 @pytest.mark.parametrize("name", _golden_names() or ["Restore_RWKV__in1_d8_b1-1-1-1_r1.safetensors"])
 def test_golden(name: str) -> None:
-    t, meta = _golden_file(name)
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
+    model, t, meta = load_golden(GOLDEN / name)
     with torch.no_grad():
-        out = model.eval()(t["input"])
+        out = model(t["input"])
     assert out.shape == t["output"].shape
-    assert _rel(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
+    assert rel_l2(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
 
 
 @pytest.mark.parametrize("path", sorted(GOLDEN.glob("Restore_RWKV__*.keys.json")), ids=lambda p: p.name)
@@ -141,7 +124,7 @@ def test_train_and_eval_agree_and_backward_runs() -> None:
     with torch.no_grad():
         y_eval = model.eval()(x)
         assert torch.equal(model(x), y_eval)  # deterministic
-    assert _rel(y_eval, y_train.detach()) < 1e-5
+    assert rel_l2(y_eval, y_train.detach()) < 1e-5
 
 
 def test_any_size_pads_to_multiple_of_8() -> None:
@@ -161,7 +144,7 @@ def test_scan_directions_matter() -> None:
     with torch.no_grad():
         y = model(x)
         yt = model(x.transpose(2, 3).contiguous()).transpose(2, 3)
-    assert _rel(yt, y) > 1e-4
+    assert rel_l2(yt, y) > 1e-4
 
 
 def test_descriptor() -> None:
@@ -185,19 +168,14 @@ def test_cuda_matches_cpu(dtype: torch.dtype) -> None:
         want = model(x)
         got = model.cuda().to(dtype)(x.cuda().to(dtype)).float().cpu()
     assert torch.isfinite(got).all()
-    assert _rel(got, want) < (1e-4 if dtype == torch.float32 else 3e-2)
+    assert rel_l2(got, want) < (1e-4 if dtype == torch.float32 else 3e-2)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", _golden_names() or ["Restore_RWKV__in1_d8_b1-1-1-1_r1.safetensors"])
 def test_cuda_golden(name: str) -> None:
     """The goldens through the CUDA kernel (float32): same tolerance as on the CPU reference."""
-    t, meta = _golden_file(name)
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
+    model, t, meta = load_golden(GOLDEN / name)
     with torch.no_grad():
-        out = model.cuda().eval()(t["input"].cuda()).cpu()
-    assert _rel(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
+        out = model.cuda()(t["input"].cuda()).cpu()
+    assert rel_l2(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))

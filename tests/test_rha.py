@@ -13,16 +13,13 @@ import archs
 from archs.rha import RHA, FocusedLinearAttention, OmniShift, _receptive_radius
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 # A tiny configuration: pooling 2 and 4 with 4x4 windows, so the arch's grid (pad) is 16 px.
 TINY: dict[str, Any] = {"dim": 16, "scale": 2, "group_blocks": 2, "res_blocks": 2, "down_list": (2, 4),
                         "window_size": 4, "mid_dim": 16}
 # Smaller still for engine runs: one group (a plain and a shifted block), pooling 2, scale 1; grid 8 px.
 MINI: dict[str, Any] = {"dim": 16, "scale": 1, "group_blocks": 1, "res_blocks": 2, "down_list": (2,), "window_size": 4}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def _randomised(kwargs: dict[str, Any], seed: int = 0) -> RHA:
@@ -53,7 +50,7 @@ def test_omnishift_fused_equals_branches() -> None:
         m.eval()  # fuses into conv5x5_reparam
         fused = m(x)
         assert torch.equal(fused, m.conv5x5_reparam(x))
-    assert _rel(fused, unfused) <= 1e-5
+    assert rel_l2(fused, unfused) <= 1e-5
     assert m.conv5x5_reparam.weight.shape == (12, 1, 5, 5)  # one depthwise 5x5
 
 
@@ -64,7 +61,7 @@ def test_whole_model_eval_equals_train_forward() -> None:
     with torch.no_grad():
         fused = model.eval()(x)
         unfused = model.train()(x)
-    assert _rel(fused, unfused) <= 1e-5
+    assert rel_l2(fused, unfused) <= 1e-5
 
 
 def test_fusion_follows_load_in_either_order() -> None:
@@ -253,22 +250,10 @@ def test_tiling_is_not_exact_and_says_so() -> None:
 
 @pytest.mark.skipif(not (GOLDEN / "RHA__small_x4.safetensors").is_file(), reason="golden file missing")
 def test_low_precision_stays_close() -> None:
-    import json
-
-    from safetensors import safe_open
-
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    with safe_open(str(GOLDEN / "RHA__small_x4.safetensors"), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    model = archs.build("RHA", **json.loads(meta["kwargs"]))
-    model.load_state_dict(recipe_state_dict(t, meta))
-    model.eval()
+    model, t, _ = load_golden(GOLDEN / "RHA__small_x4.safetensors", "RHA")
     x = t["input"]
     with torch.inference_mode():
         ref = model(x)
         out = model.to(torch.bfloat16)(x.bfloat16()).float()
     assert torch.isfinite(out).all()
-    assert _rel(out, ref) < 0.02
+    assert rel_l2(out, ref) < 0.02

@@ -8,7 +8,6 @@ context fits the margin ("safe") must agree within 1/255; TLC variants (tile-sta
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,10 @@ from safetensors import safe_open
 import archs
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden
 
 if not GOLDEN.is_dir():
     pytest.skip(f"golden folder {GOLDEN} not found", allow_module_level=True)
-sys.path.insert(0, str(GOLDEN))
-from recipe import recipe_state_dict
 
 FAMILIES = ("NAFNet", "UFPNet", "PLKSR", "RealPLKSR", "SPAN")
 TOLERANCE = {"safe": 1 / 255, "tlc": 2 / 255}
@@ -45,13 +43,8 @@ def _cases() -> list[Path]:
 
 
 def _load(path: Path) -> tuple[torch.nn.Module, archs.ArchSpec]:
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    kwargs = json.loads(meta["kwargs"])
-    model = archs.build(meta["class"], **kwargs)
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
-    return model.eval(), archs.spec(meta["class"], **kwargs)
+    model, _, meta = load_golden(path)
+    return model, archs.spec(meta["class"], **json.loads(meta["kwargs"]))
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
-import sys
 from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
 
 import archs
 from archs.sfhformer import Backbone_new, sfhformer_motion_blur
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 GOLDEN_FILES = {
     "Backbone": GOLDEN / "SFHformer__e8-16-32_d11211.safetensors",
@@ -25,21 +23,10 @@ GOLDEN_FILES = {
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason="golden folder not found")
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
-
-
 @functools.cache
 def _golden_cached(cls: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    with safe_open(str(GOLDEN_FILES[cls]), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
-    return model.eval(), t
+    model, t, _ = load_golden(GOLDEN_FILES[cls])
+    return model, t
 
 
 def _golden(cls: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
@@ -59,7 +46,7 @@ def test_half_precision_forward_on_cpu(cls: str, dtype: torch.dtype) -> None:
     with torch.no_grad():
         out = model.to(dtype)(t["input"].to(dtype))
     assert out.dtype == dtype
-    assert _rel(out, t["output"]) < 3e-2
+    assert rel_l2(out, t["output"]) < 3e-2
 
 
 @needs_golden
@@ -67,7 +54,7 @@ def test_autocast_keeps_spectra_in_float32() -> None:
     model, t = _golden("Backbone")
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(t["input"])
-    assert _rel(out, t["output"]) < 3e-2
+    assert rel_l2(out, t["output"]) < 3e-2
 
 
 def test_motion_blur_builds_despite_upstream_name_error() -> None:

@@ -3,25 +3,19 @@ runtime `scale`, detector round trips, descriptor, receptive field and tiling th
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
 
 import archs
 from archs.spanc import IGConv, RepConv, SpanC
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 SMALL: dict[str, Any] = {"feature_channels": 8, "implicit_dim": 16, "latent_layers": 2}
 GOLDEN_FILE = GOLDEN / "SpanC__small.safetensors"
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def _randomised(seed: int = 0, **kwargs: Any) -> SpanC:
@@ -40,18 +34,9 @@ def _randomised(seed: int = 0, **kwargs: Any) -> SpanC:
 
 
 def _golden_model() -> tuple[SpanC, dict[str, torch.Tensor]]:
-    if not GOLDEN_FILE.is_file():
-        pytest.skip(f"{GOLDEN_FILE} not found")
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict
-
-    with safe_open(str(GOLDEN_FILE), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    model = archs.build("SpanC", **json.loads(meta["kwargs"]))
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
+    model, t, _ = load_golden(GOLDEN_FILE, "SpanC")
     assert isinstance(model, SpanC)
-    return model.eval(), t
+    return model, t
 
 
 @pytest.mark.parametrize("scale", [1, 2, 3, 4])
@@ -62,7 +47,7 @@ def test_fused_eval_equals_training_form(scale: int) -> None:
         y_train = model.train()(x, scale)  # SeqConv3x3 + 3x3 + Conv3XC branches, kernel generated on the fly
         y_eval = model.eval()(x, scale)  # one 3x3 per RepConv, precomputed IGConv kernel
     assert y_eval.shape == (2, 3, 13 * scale, 11 * scale)
-    assert _rel(y_eval, y_train) <= 1e-5
+    assert rel_l2(y_eval, y_train) <= 1e-5
 
 
 def test_repconv_fusion_is_exact_per_layer() -> None:
@@ -74,7 +59,7 @@ def test_repconv_fusion_is_exact_per_layer() -> None:
     with torch.no_grad():
         y_train = conv(x)
         y_eval = conv.eval()(x)
-    assert _rel(y_eval, y_train) <= 1e-6
+    assert rel_l2(y_eval, y_train) <= 1e-6
 
 
 def test_load_order_and_stale_fused_values() -> None:
@@ -122,7 +107,7 @@ def test_runtime_scale_and_last_info() -> None:
         # A scale outside scale_list: kernel generated on the fly, same function as the training form.
         y5 = model(x, 5)
         assert y5.shape[-2:] == (45, 50)
-        assert _rel(y5, model.train()(x, 5)) <= 1e-5
+        assert rel_l2(y5, model.train()(x, 5)) <= 1e-5
     with pytest.raises(ValueError):
         model(x, 0)
 

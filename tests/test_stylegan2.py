@@ -4,18 +4,17 @@ forward_styles API (latents, mixing, truncation), descriptor, half precision; on
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from safetensors import safe_open
 
 import archs
 from archs import stylegan2
 from archs.stylegan2 import StyleGAN2Generator, StyleGAN2GeneratorBilinear, _StyleGAN2Base
 from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 SMALL: dict[str, Any] = {"out_size": 32, "num_style_feat": 16, "num_mlp": 2, "narrow": 1 / 32}
 
@@ -24,10 +23,6 @@ def setup_module() -> None:
     for e in stylegan2.ARCHS:  # until the family is listed in archs._FAMILY_MODULES
         if e.id not in archs.names():
             archs._register(e)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def _goldens() -> list[Path]:
@@ -39,16 +34,9 @@ def _manifests() -> list[Path]:
 
 
 def _load_golden(path: Path) -> tuple[_StyleGAN2Base, dict[str, torch.Tensor], dict[str, str]]:
-    sys.path.insert(0, str(GOLDEN))
-    from recipe import recipe_state_dict  # type: ignore[import-not-found]
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    model = archs.build(meta["class"], **json.loads(meta["kwargs"]))
+    model, t, meta = load_golden(path)
     assert isinstance(model, _StyleGAN2Base)
-    model.load_state_dict(recipe_state_dict(t, meta), strict=True)
-    return model.eval(), t, meta
+    return model, t, meta
 
 
 def _small(cls: type[_StyleGAN2Base] = StyleGAN2Generator, seed: int = 0, **kw: Any) -> _StyleGAN2Base:
@@ -77,7 +65,7 @@ def test_golden_output(path: Path) -> None:
     with torch.no_grad():
         out = model(t["input"])
         assert out.shape == t["output"].shape
-        assert _rel(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
+        assert rel_l2(out, t["output"]) <= float(meta.get("tolerance", "1e-4"))
         image, latent = model.forward_styles([t["input"]], input_is_latent=False, randomize_noise=False)
     assert latent is None and torch.equal(image, out)
 
@@ -147,7 +135,7 @@ def test_forward_is_deterministic_and_leaves_rng_alone() -> None:
     assert torch.equal(a, b) and torch.equal(torch.get_rng_state(), rng)
     assert a.shape == (2, 3, 32, 32)
     with torch.no_grad():  # per-sample weights: each image depends only on its own code
-        assert _rel(model(z[1:]), a[1:]) < 1e-5
+        assert rel_l2(model(z[1:]), a[1:]) < 1e-5
         model.randomize_noise = True  # upstream's default: fresh noise each call
         c, d = model(z), model(z)
         model.randomize_noise = False
@@ -220,7 +208,7 @@ def test_half_precision_close_to_float32(dtype: torch.dtype) -> None:
         want = model(z)
         got = model.to(dtype)(z)  # a float32 code into a half model: the style path runs in float32 anyway
     assert got.dtype == dtype and torch.isfinite(got.float()).all()
-    assert _rel(got, want) < (5e-3 if dtype == torch.float16 else 3e-2)
+    assert rel_l2(got, want) < (5e-3 if dtype == torch.float16 else 3e-2)
 
 
 def test_descriptor() -> None:
@@ -254,7 +242,7 @@ def test_cuda_golden_with_kernels(path: Path) -> None:
     model.cuda()
     with torch.no_grad():
         out = model(t["input"].cuda()).cpu()
-    assert _rel(out, t["output"]) <= 1e-4
+    assert rel_l2(out, t["output"]) <= 1e-4
     with torch.no_grad():
         half = model.half()(t["input"].cuda()).float().cpu()
-    assert torch.isfinite(half).all() and _rel(half, t["output"]) < 5e-3
+    assert torch.isfinite(half).all() and rel_l2(half, t["output"]) < 5e-3
