@@ -195,10 +195,17 @@ class Runner:
         single = plan.count == 1
         if not single:
             acc = torch.zeros(self.spec.out_channels, plan.height * s, plan.width * s, device=work)
-            wsum = torch.zeros(1, plan.height * s, plan.width * s, device=work)
-            # Blending happens where the accumulators live, so no tile's weights travel between devices.
+            # Blending happens where the accumulator lives, so no tile's weights travel between devices.
             ramps_y = [ramp_1d(plan.ys, i, plan.tile_h, s).to(work) for i in range(len(plan.ys))]
             ramps_x = [ramp_1d(plan.xs, j, plan.tile_w, s).to(work) for j in range(len(plan.xs))]
+            # The tiles form a grid and the weights are separable, so their sum is the outer product of the
+            # per-axis sums: no full-size weight buffer.
+            sum_y = torch.zeros(plan.height * s, device=work)
+            sum_x = torch.zeros(plan.width * s, device=work)
+            for i, y in enumerate(plan.ys):
+                sum_y[y * s:(y + plan.tile_h) * s] += ramps_y[i]
+            for j, x in enumerate(plan.xs):
+                sum_x[x * s:(x + plan.tile_w) * s] += ramps_x[j]
         positions = plan.positions()
         with torch.inference_mode():
             for b in range(0, len(positions), self.batch):
@@ -226,8 +233,7 @@ class Runner:
                     ys, xs = slice(y * s, (y + plan.tile_h) * s), slice(x * s, (x + plan.tile_w) * s)
                     # blocking: a non_blocking device-to-host copy returns before its data lands
                     acc[:, ys, xs] += core.to(work) * w
-                    wsum[:, ys, xs] += w
-        return _finish(acc.div_(wsum), quantize)
+        return _finish(acc.div_(sum_y[:, None] * sum_x[None, :]), quantize)
 
 
 def _unit_float(x: torch.Tensor) -> torch.Tensor:
