@@ -32,14 +32,15 @@ import torch
 from torch import nn
 
 from ._blocks import list_length, same_keys_and_shapes
-from ._restormer import GLOBAL_CONTEXT_CAP, pad_to_multiple, unet_radius
+from ._reparam import Reparameterizable, fusion_dtype, set_fused
+from ._restormer import GLOBAL_CONTEXT_CAP, Downsample, Upsample, pad_to_multiple, unet_radius
 from .ops.bi_wkv import bi_wkv
 from .spec import ArchEntry, ArchSpec, StateDict
 
 _MULTIPLE = 8  # three pixel-unshuffle downsamplings
 
 
-class OmniShift(nn.Module):
+class OmniShift(Reparameterizable):
     """alpha0 * x + alpha1 * dw1x1(x) + alpha2 * dw3x3(x) + alpha3 * dw5x5(x) in training; one dw5x5 in eval.
 
     All branches are bias-free, "same"-padded depthwise convs, so their sum is exactly one depthwise 5x5 with the
@@ -54,7 +55,6 @@ class OmniShift(nn.Module):
         self.conv5x5 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim, bias=False)
         self.alpha = nn.Parameter(torch.randn(4))
         self.conv5x5_reparam = nn.Conv2d(dim, dim, 5, padding=2, groups=dim, bias=False)
-        self.register_load_state_dict_post_hook(_fuse_after_load)
 
     def forward_train(self, x: torch.Tensor) -> torch.Tensor:
         a = self.alpha
@@ -63,30 +63,16 @@ class OmniShift(nn.Module):
     def fuse(self) -> None:
         """Write the depthwise 5x5 equal to the four branches into conv5x5_reparam."""
         w5 = self.conv5x5.weight
-        dt = torch.float32 if w5.device.type == "mps" else torch.float64  # MPS has no float64
-        # Outside inference mode so the result stays a normal tensor usable with autograd.
+        dt = fusion_dtype(w5.device)
         with torch.inference_mode(False), torch.no_grad():
             a = self.alpha.to(dt)
             weight = a[3] * w5.to(dt)
             weight[:, :, 1:4, 1:4] += a[2] * self.conv3x3.weight.to(dt)
             weight[:, :, 2:3, 2:3] += a[1] * self.conv1x1.weight.to(dt) + a[0]
-            rw = self.conv5x5_reparam.weight
-            # swap the data rather than copy into it: after load_state_dict(assign=True) storage may be shared
-            rw.data = weight.to(device=rw.device, dtype=rw.dtype)
-
-    def train(self, mode: bool = True) -> OmniShift:
-        super().train(mode)
-        if not mode:
-            self.fuse()
-        return self
+            set_fused(self.conv5x5_reparam.weight, weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_train(x) if self.training else self.conv5x5_reparam(x)
-
-
-def _fuse_after_load(module: nn.Module, incompatible_keys: Any) -> None:
-    assert isinstance(module, OmniShift)
-    module.fuse()
 
 
 def _to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -173,24 +159,6 @@ class Block(nn.Module):
         x = x + self.gamma1 * self.att(self.ln1(x), (h, w))
         x = x + self.gamma2 * self.ffn(self.ln2(x), (h, w))
         return _to_map(x, h, w)
-
-
-class Downsample(nn.Module):
-    def __init__(self, n_feat: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(n_feat, n_feat // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, n_feat: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(n_feat, n_feat * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
 
 def _blocks(n: int, dim: int) -> nn.Sequential:

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.init import trunc_normal_
 
 from ._blocks import LayerNorm2d
+from ._reparam import Reparameterizable, fusion_dtype, set_fused
 from .plksr import DySample
 from .spec import ArchEntry, ArchSpec, StateDict, Task
 
@@ -145,7 +146,7 @@ class FocusedLinearAttention(nn.Module):
         return y.reshape(b, h // ws, w // ws, ws, ws, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
 
 
-class OmniShift(nn.Module):
+class OmniShift(Reparameterizable):
     """alpha1 * x + alpha2 * dw1x1(x) + alpha3 * dw3x3(x) + alpha4 * dw5x5(x) while training; one dw5x5 in eval.
 
     The branches are all "same"-padded depthwise convs, so their sum is exactly one 5x5 depthwise conv with the
@@ -165,7 +166,6 @@ class OmniShift(nn.Module):
         self.alpha3 = nn.Parameter(torch.ones(1, dim, 1, 1))
         self.alpha4 = nn.Parameter(torch.ones(1, dim, 1, 1))
         self.conv5x5_reparam = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.register_load_state_dict_post_hook(_fuse_after_load)
 
     def forward_train(self, x: torch.Tensor) -> torch.Tensor:
         return (
@@ -178,9 +178,7 @@ class OmniShift(nn.Module):
     def fuse(self) -> None:
         """Write the single depthwise 5x5 equal to the four branches into conv5x5_reparam."""
         w5 = self.conv5x5.weight
-        # float64 keeps the fused weights at float32 storage rounding (MPS has no float64). Outside inference
-        # mode so the result stays a normal tensor.
-        dt = torch.float32 if w5.device.type == "mps" else torch.float64
+        dt = fusion_dtype(w5.device)
         with torch.inference_mode(False), torch.no_grad():
             alphas = (self.alpha1, self.alpha2, self.alpha3, self.alpha4)
             a1, a2, a3, a4 = (a.to(dt).reshape(-1, 1, 1, 1) for a in alphas)
@@ -190,25 +188,12 @@ class OmniShift(nn.Module):
             b1, b3, b5 = self.conv1x1.bias, self.conv3x3.bias, self.conv5x5.bias
             assert b1 is not None and b3 is not None and b5 is not None
             bias = a2.flatten() * b1.to(dt) + a3.flatten() * b3.to(dt) + a4.flatten() * b5.to(dt)
-            rw, rb = self.conv5x5_reparam.weight, self.conv5x5_reparam.bias
-            assert rb is not None
-            # swap the data rather than copy into it: after load_state_dict(assign=True) storage may be shared
-            rw.data = weight.to(device=rw.device, dtype=rw.dtype)
-            rb.data = bias.to(device=rb.device, dtype=rb.dtype)
-
-    def train(self, mode: bool = True) -> OmniShift:
-        super().train(mode)
-        if not mode:
-            self.fuse()
-        return self
+            assert self.conv5x5_reparam.bias is not None
+            set_fused(self.conv5x5_reparam.weight, weight)
+            set_fused(self.conv5x5_reparam.bias, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_train(x) if self.training else self.conv5x5_reparam(x)
-
-
-def _fuse_after_load(module: nn.Module, incompatible_keys: Any) -> None:
-    assert isinstance(module, OmniShift)
-    module.fuse()
 
 
 class Shift(nn.Module):

@@ -14,19 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._reparam import Reparameterizable, fusion_dtype, set_fused
 from .spec import ArchEntry, ArchSpec, StateDict
 
 
-class Conv3XC(nn.Module):
+class Conv3XC(Reparameterizable):
     """Re-parameterisable 3x3 conv: 1x1 -> 3x3 -> 1x1 chain plus a 1x1 skip while training, one 3x3 in eval.
 
     The chain sees the input zero-padded by one pixel before its first 1x1, so its bias also reaches the border,
     exactly as the fused 3x3 with padding=1 treats it: the two forms are the same function.
 
     Upstream recomputes `eval_conv` from the branches on every eval forward, so stored `eval_conv.*` values never
-    matter. We fuse when switching to eval (`train(False)`) and after every `load_state_dict`, which gives the same
-    outputs whatever the order of load and `.eval()`. Only direct edits of the branch weights while in eval need
-    another `.eval()` (or `fuse()`).
+    matter; we fuse on `.eval()` and after every load (see `_reparam`).
     """
 
     def __init__(self, c_in: int, c_out: int, gain: int = 2) -> None:
@@ -41,7 +40,6 @@ class Conv3XC(nn.Module):
         self.eval_conv.weight.requires_grad_(False)
         assert self.eval_conv.bias is not None
         self.eval_conv.bias.requires_grad_(False)
-        self.register_load_state_dict_post_hook(_fuse_after_load)
         self.fuse()
 
     def fuse(self) -> None:
@@ -50,9 +48,7 @@ class Conv3XC(nn.Module):
         b1, b2, b3 = (m.bias for m in self.conv)
         sk_w, sk_b = self.sk.weight, self.sk.bias
         assert b1 is not None and b2 is not None and b3 is not None and sk_b is not None
-        # A float64 fusion keeps the fused weights at the rounding of float32 storage (float32 where the device
-        # has no float64). Outside inference mode so the result stays a normal tensor usable with autograd.
-        dt = torch.float32 if w2.device.type == "mps" else torch.float64
+        dt = fusion_dtype(w2.device)
         with torch.inference_mode(False), torch.no_grad():
             a, b, c = w1.to(dt)[:, :, 0, 0], w2.to(dt), w3.to(dt)[:, :, 0, 0]
             weight = torch.einsum("on,nmhw,mi->oihw", c, b, a)
@@ -60,28 +56,14 @@ class Conv3XC(nn.Module):
             bias = c @ mid_bias + b3.to(dt)
             weight[:, :, 1, 1] += sk_w.to(dt)[:, :, 0, 0]
             bias = bias + sk_b.to(dt)
-            ew, eb = self.eval_conv.weight, self.eval_conv.bias
-            assert eb is not None
-            # Swap the data rather than copy into it: after load_state_dict(assign=True) the old storage may be
-            # shared with another module.
-            ew.data = weight.to(device=ew.device, dtype=ew.dtype)
-            eb.data = bias.to(device=eb.device, dtype=eb.dtype)
-
-    def train(self, mode: bool = True) -> Conv3XC:
-        super().train(mode)
-        if not mode:
-            self.fuse()
-        return self
+            assert self.eval_conv.bias is not None
+            set_fused(self.eval_conv.weight, weight)
+            set_fused(self.eval_conv.bias, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.conv(F.pad(x, (1, 1, 1, 1))) + self.sk(x)
         return self.eval_conv(x)
-
-
-def _fuse_after_load(module: nn.Module, incompatible_keys: Any) -> None:
-    assert isinstance(module, Conv3XC)
-    module.fuse()
 
 
 class SPAB(nn.Module):

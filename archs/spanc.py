@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._reparam import Reparameterizable, fusion_dtype, set_fused
 from .span import Conv3XC
 from .spec import ArchEntry, ArchSpec, StateDict
 
@@ -55,7 +56,7 @@ class SeqConv3x3(nn.Module):
         return weight, bias
 
 
-class RepConv(nn.Module):
+class RepConv(Reparameterizable):
     """alpha[0] * SeqConv3x3 + alpha[1] * 3x3 conv + alpha[2] * Conv3XC while training; one 3x3 (conv_3x3_rep) in eval.
 
     As upstream, the stored conv_3x3_rep values never matter: it is recomputed from the branches. Upstream fuses only
@@ -73,7 +74,6 @@ class RepConv(nn.Module):
         assert self.conv_3x3_rep.bias is not None
         _derived(self.conv_3x3_rep.weight, self.conv_3x3_rep.bias)
         # Fused on .eval() and after loads; until then conv_3x3_rep holds its (unused) initial values.
-        self.register_load_state_dict_post_hook(_fuse_after_load)
 
     def fuse(self) -> None:
         """Write sum_i alpha[i] * branch_i, as one 3x3 conv, into conv_3x3_rep."""
@@ -81,34 +81,20 @@ class RepConv(nn.Module):
         w3, b3 = self.conv3.eval_conv.weight, self.conv3.eval_conv.bias
         w2, b2 = self.conv2.weight, self.conv2.bias
         assert b2 is not None and b3 is not None
-        # float64 composition (float32 on MPS), outside inference mode so the result is a normal tensor.
-        dt = torch.float32 if w2.device.type == "mps" else torch.float64
+        dt = fusion_dtype(w2.device)
         with torch.inference_mode(False), torch.no_grad():
             w1, b1 = self.conv1.fused(dt)
             a = self.alpha.to(dt)
             weight = a[0] * w1 + a[1] * w2.to(dt) + a[2] * w3.to(dt)
             bias = a[0] * b1 + a[1] * b2.to(dt) + a[2] * b3.to(dt)
-            rw, rb = self.conv_3x3_rep.weight, self.conv_3x3_rep.bias
-            assert rb is not None
-            # Swap the data rather than copy into it (after load(assign=True) storage may be shared).
-            rw.data = weight.to(device=rw.device, dtype=rw.dtype).contiguous()
-            rb.data = bias.to(device=rb.device, dtype=rb.dtype)
-
-    def train(self, mode: bool = True) -> RepConv:
-        super().train(mode)
-        if not mode:
-            self.fuse()
-        return self
+            assert self.conv_3x3_rep.bias is not None
+            set_fused(self.conv_3x3_rep.weight, weight.contiguous())
+            set_fused(self.conv_3x3_rep.bias, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.alpha[0] * self.conv1(x) + self.alpha[1] * self.conv2(x) + self.alpha[2] * self.conv3(x)
         return self.conv_3x3_rep(x)
-
-
-def _fuse_after_load(module: nn.Module, incompatible_keys: Any) -> None:
-    assert isinstance(module, RepConv)
-    module.fuse()
 
 
 class SPAB(nn.Module):

@@ -1,0 +1,56 @@
+"""Structural re-parameterisation shared by SPAN's Conv3XC, SPANC's RepConv and the OmniShifts of Restore-RWKV and RHA.
+
+Such a module trains as several parallel conv branches and runs, in eval mode, as one conv whose weights are computed
+from them (`fuse()`). Upstream fuses on `.eval()` (or on the first eval forward); we fuse on every switch to eval
+and after every `load_state_dict`, so the stored fused weights never matter and the order of load and `.eval()`
+does not either. Only direct edits of the branch weights while in eval need another `.eval()` or `fuse()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+_R = TypeVar("_R", bound="Reparameterizable")
+
+
+class Reparameterizable(nn.Module):
+    """Base of the re-parameterisable modules: calls `fuse()` after each `load_state_dict` and on `train(False)`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_load_state_dict_post_hook(_fuse_after_load)
+
+    def fuse(self) -> None:
+        """Write the single conv equal to the training-time branches into the eval-mode conv."""
+        raise NotImplementedError
+
+    def train(self: _R, mode: bool = True) -> _R:
+        super().train(mode)
+        if not mode:
+            self.fuse()
+        return self
+
+
+def _fuse_after_load(module: nn.Module, incompatible_keys: Any) -> None:
+    assert isinstance(module, Reparameterizable)
+    module.fuse()
+
+
+def fusion_dtype(device: torch.device) -> torch.dtype:
+    """float64 for composing fused weights, so they carry only their storage rounding; float32 on MPS (no float64).
+
+    Callers compose under `torch.inference_mode(False), torch.no_grad()`, so the result stays a normal tensor.
+    """
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def set_fused(param: torch.Tensor, value: torch.Tensor) -> None:
+    """param.data = value in param's device and dtype.
+
+    Swaps the data rather than copying into it: after load_state_dict(assign=True) the old storage may be shared
+    with another module.
+    """
+    param.data = value.to(device=param.device, dtype=param.dtype)
