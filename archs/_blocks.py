@@ -49,7 +49,7 @@ class SimpleGate(nn.Module):
         return a * b
 
 
-def _dropout(rate: float) -> nn.Module:
+def dropout_or_identity(rate: float) -> nn.Module:
     return nn.Dropout(rate) if rate > 0.0 else nn.Identity()
 
 
@@ -72,8 +72,8 @@ class NAFBlock(nn.Module):
         self.conv5 = nn.Conv2d(ffn // 2, c, 1)
         self.norm1 = LayerNorm2d(c)
         self.norm2 = LayerNorm2d(c)
-        self.dropout1 = _dropout(drop_out_rate)
-        self.dropout2 = _dropout(drop_out_rate)
+        self.dropout1 = dropout_or_identity(drop_out_rate)
+        self.dropout2 = dropout_or_identity(drop_out_rate)
         # zero-initialised residual scales: a fresh block is the identity
         self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))

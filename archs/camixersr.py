@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._blocks import LayerNorm2d
+from ._restormer import FeedForward
 from .spec import ArchEntry, ArchSpec, StateDict
 
 _WINDOW = 16  # hard-coded upstream (CAMixerSR.window_sizes)
@@ -194,19 +195,14 @@ class CAMixer(nn.Module):
         return self.project_out(out), decision
 
 
-class GatedFeedForward(nn.Module):
-    """1x1 (x2 channels) -> depthwise 3x3 -> GELU(a) * b -> 1x1, no biases. `mult`/`dropout` unused, as upstream."""
+class GatedFeedForward(FeedForward):
+    """Restormer's GDFN at hidden width dim: 1x1 (x2 channels) -> depthwise 3x3 -> GELU(a) * b -> 1x1, no biases.
+
+    `mult`/`dropout` unused, as upstream.
+    """
 
     def __init__(self, dim: int, mult: int = 1, bias: bool = False, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.dim = dim
-        self.project_in = nn.Conv2d(dim, dim * 2, 1, bias=bias)
-        self.dwconv = nn.Conv2d(dim * 2, dim * 2, 3, 1, 1, groups=dim * 2, bias=bias)
-        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(x1) * x2)
+        super().__init__(dim, 1, bias)
 
 
 class Block(nn.Module):

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import same_keys_and_shapes
+from ._blocks import LayerNorm2d, same_keys_and_shapes
 from ._fft import conv32, float32_region, irfft2_interleaved
 from .spec import ArchEntry, ArchSpec, StateDict
 
@@ -42,8 +42,6 @@ SampleMods = Literal[
     "conv", "pixelshuffledirect", "pixelshuffle", "nearest+conv", "dysample", "transpose+conv", "lda", "pa_up"
 ]
 SAMPLE_MODS: tuple[str, ...] = get_args(SampleMods)
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 class RMSNorm(nn.Module):
@@ -59,23 +57,6 @@ class RMSNorm(nn.Module):
         xf = x.float()
         rms = xf.norm(2, dim=1, keepdim=True) * (x.shape[1] ** -0.5)
         return (self.scale.float() * (xf / (rms + self.eps)) + self.offset.float()).to(x.dtype)
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm over the channels of an NCHW map (eps 1e-6), statistics in float32 for half inputs."""
-
-    def __init__(self, dim: int = 64, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float() if x.dtype in _HALF else x
-        u = xf.mean(1, keepdim=True)
-        s = (xf - u).pow(2).mean(1, keepdim=True)
-        y = (xf - u) / torch.sqrt(s + self.eps)
-        return (self.weight.to(y.dtype)[:, None, None] * y + self.bias.to(y.dtype)[:, None, None]).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,11 +133,11 @@ class LDA_AQU(nn.Module):  # noqa: N801 (upstream name)
         gc = in_channels // (reduction_factor * n_groups)
         self.conv_offset = nn.Sequential(
             nn.Conv2d(gc, gc, 3, 1, 1, groups=gc, bias=False),
-            LayerNorm(gc),
+            LayerNorm2d(gc),
             nn.SiLU(),
             nn.Conv2d(gc, 2 * k_u**2, k_e, 1, k_e // 2),
         )
-        self.layer_norm = LayerNorm(in_channels)
+        self.layer_norm = LayerNorm2d(in_channels)
         r = (k_u - 1) // 2
         base = torch.arange(-r, r + 1, dtype=torch.float32)
         # (dy, dx) per kernel tap, row-major over the k_u x k_u taps

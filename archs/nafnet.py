@@ -15,6 +15,7 @@ from torch import nn
 from ._blocks import (
     LayerNorm2d,
     NAFBlock,
+    dropout_or_identity,
     pad_to_multiple,
     same_keys_and_shapes,
     unet_context,
@@ -62,8 +63,8 @@ class BaselineBlock(nn.Module):
         self.conv5 = nn.Conv2d(ffn, c, 1)
         self.norm1 = LayerNorm2d(c)
         self.norm2 = LayerNorm2d(c)
-        self.dropout1 = nn.Dropout(drop_out_rate) if drop_out_rate > 0.0 else nn.Identity()
-        self.dropout2 = nn.Dropout(drop_out_rate) if drop_out_rate > 0.0 else nn.Identity()
+        self.dropout1 = dropout_or_identity(drop_out_rate)
+        self.dropout2 = dropout_or_identity(drop_out_rate)
         self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
         self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
 
