@@ -197,8 +197,8 @@ def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None
     has_alpha = channels in (2, 4)
     if not has_alpha and channels == model.spec.in_channels and array.dtype in (np.uint8, np.uint16):
         # The common case: integer pixels go to the device as they are and come back quantised there.
-        t = torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1)).astype(
-            np.int32 if array.dtype == np.uint16 else np.uint8, copy=False))
+        t = torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1),
+                                                  dtype=np.int32 if array.dtype == np.uint16 else np.uint8))
         out_t, stats = model.runner.run(t, quantize=255 if array.dtype == np.uint8 else 65535)
         result = out_t.numpy().transpose(1, 2, 0).astype(array.dtype, copy=False)
         return (result[..., 0] if squeeze else result), stats

@@ -8,16 +8,19 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import api, batch, presets
+from . import batch, presets
 from .errors import InterruptError, RestoreError, UsageError
 from .report import FileRecord, Reporter
+
+if TYPE_CHECKING:
+    from .api import LoadedModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Batch image restoration: deblur, denoise, upscale, with seamless tiling.")
@@ -85,6 +88,7 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
               json_path: Path | None, quiet: bool, offline: bool, quality: int, skip_existing: bool,
               strip_metadata: bool, max_pixels: int | None, compare: bool = False,
               options: dict[str, Any] | None = None) -> int:
+    from . import api  # torch: only once there is work to do
     from .io import images
 
     if fmt is not None and fmt.lower() not in FORMATS:
@@ -114,7 +118,7 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
             try:
                 if stop.requested:
                     raise InterruptError("interrupted")
-                reporter.add(_one(job, loaded, images, fmt=fmt, suffix=suffix, quality=quality,
+                reporter.add(_one(job, loaded, fmt=fmt, suffix=suffix, quality=quality,
                                   skip_existing=skip_existing, strip=strip_metadata, max_pixels=limit,
                                   inputs=inputs_resolved, compare=compare))
             except (KeyboardInterrupt, InterruptError):
@@ -132,9 +136,12 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
     return 1 if any(r.status == "failed" for r in reporter.records) else 0
 
 
-def _one(job: batch.Job, loaded: api.LoadedModel, images: Any, *, fmt: str | None, suffix: str, quality: int,
+def _one(job: batch.Job, loaded: LoadedModel, *, fmt: str | None, suffix: str, quality: int,
          skip_existing: bool, strip: bool, max_pixels: int | None, inputs: set[Path],
          compare: bool = False) -> FileRecord:
+    from . import api
+    from .io import images
+
     rec = FileRecord(input=str(job.source), output=None, status="failed")
     try:
         t = time.perf_counter()
@@ -270,7 +277,7 @@ def eval_command(
     list_degradations: Annotated[bool, typer.Option("--list", help="List the named degradations and exit.")] = False,
 ) -> None:
     """PSNR / SSIM of a model against its degraded input (bicubic for SR): RGB for restoration, Y for SR."""
-    from . import evaluate
+    from . import api, evaluate
     from .complexity import macs_per_megapixel
     from .training import degrade
 

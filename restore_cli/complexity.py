@@ -21,7 +21,7 @@ def macs_per_megapixel(model: nn.Module, *, in_channels: int = 3, side: int = 25
         nonlocal total
         w = m.weight  # type: ignore[union-attr]
         if isinstance(m, nn.ConvTranspose2d):
-            total += inp[0].numel() // inp[0].shape[0] * inp[0].shape[0] * w.shape[1] * math.prod(w.shape[2:])
+            total += inp[0].numel() * w.shape[1] * math.prod(w.shape[2:])  # every input pixel scatters a kernel
         else:
             total += out.numel() * math.prod(w.shape[1:])
 

@@ -109,3 +109,15 @@ def test_eval_command_writes_scores(tmp_path: Path) -> None:
     assert doc["model"]["params"] > 0 and doc["model"]["macs_per_megapixel"] > 0
     p = restore("eval", val, "--degradation", "no-such")
     assert p.returncode == 2 and "unknown degradation" in p.stderr
+
+
+def test_cli_and_hub_import_without_torch() -> None:
+    """`restore --help`, `models download/remove` and hub use need no torch: it loads only with a model."""
+    import subprocess
+    import sys
+
+    code = "import sys, restore_cli.cli, restore_cli.hub; print('torch' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False"

@@ -191,10 +191,7 @@ def test_environment_variables_in_a_fresh_process(server: FakeHub, tmp_path: Pat
     home.mkdir()
     (home / ".agent_harnesses.json").write_text(EMPTY_AGENT_REGISTRY)
     script = (
-        "import sys, types\n"
-        # Import hub without the package __init__, which loads torch (seconds); hub itself needs none of it.
-        f"pkg = types.ModuleType('restore_cli'); pkg.__path__ = [{str(REPO_ROOT / 'restore_cli')!r}]\n"
-        "sys.modules['restore_cli'] = pkg\n"
+        "import sys\n"
         "from restore_cli import hub\n"
         "from restore_cli.errors import RestoreError\n"
         "from restore_cli.presets import Source\n"
