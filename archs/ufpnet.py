@@ -201,6 +201,22 @@ class LinearMaskedCoupling(nn.Module):
             t = _linear_fp32(layer, t)
         return mu + (1 - mask) * (u * log_s.exp() + t)
 
+    def inverse_split(self, kept: torch.Tensor, moved: torch.Tensor, kept_idx: torch.Tensor,
+                      moved_idx: torch.Tensor) -> torch.Tensor:
+        """`inverse` on the two halves of the entries: `kept` (mask 1, passed through and conditioning) and
+        `moved` (mask 0, scaled and shifted); returns the new `moved`. Same result as `inverse` without the
+        masked-out half of the first layers' inputs and the last layers' outputs, whose products are zeros.
+        """
+        outs = []
+        for net in (self.s_net, self.t_net):
+            first, last = net[0], net[-1]
+            h = F.linear(kept, first.weight.float()[:, kept_idx], first.bias.float())
+            for layer in list(net)[1:-1]:
+                h = _linear_fp32(layer, h)
+            outs.append(F.linear(h, last.weight.float()[moved_idx], last.bias.float()[moved_idx]))
+        log_s, t = outs
+        return torch.addcmul(t, moved, log_s.exp())
+
 
 class BatchNorm(nn.Module):
     """The flow's batch norm (log-scale parameterised). Inference only: uses the running statistics."""
@@ -217,6 +233,11 @@ class BatchNorm(nn.Module):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         std = torch.sqrt(self.running_var.float() + self.eps)
         return (y - self.beta.float()) * torch.exp(-self.log_gamma.float()) * std + self.running_mean.float()
+
+    def inverse_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`inverse` as y * a + b per entry, so it costs one fused pass."""
+        a = torch.exp(-self.log_gamma.float()) * torch.sqrt(self.running_var.float() + self.eps)
+        return a, self.running_mean.float() - self.beta.float() * a
 
 
 class KernelPrior(nn.Module):
@@ -252,9 +273,23 @@ class KernelPrior(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        # The couplings alternate between the odd and even entries, so the flow runs on the two halves apart:
+        # half the matrix work and one pass per batch norm, instead of full-width masked products (UFPNet runs
+        # this at every pixel: it was most of the bundled ufpnet-s's CPU time).
         x = u.float()
+        halves = {1: x[:, 1::2], 0: x[:, 0::2]}  # mask value -> entries; a coupling keeps its mask-1 half
+        n = x.shape[1]
+        idx = {1: torch.arange(1, n, 2, device=x.device), 0: torch.arange(0, n, 2, device=x.device)}
         for layer in reversed(self.net):
-            x = layer.inverse(x)
+            if isinstance(layer, BatchNorm):
+                a, b = layer.inverse_affine()
+                halves = {k: torch.addcmul(b[idx[k]], v, a[idx[k]]) for k, v in halves.items()}
+            else:
+                keep = int(layer.mask[1].item())  # entry 1's mask value: which parity this coupling keeps
+                halves[1 - keep] = layer.inverse_split(halves[keep], halves[1 - keep], idx[keep], idx[1 - keep])
+        x = torch.empty_like(x)
+        x[:, 1::2] = halves[1]
+        x[:, 0::2] = halves[0]
         # undo the dataloader's logit pre-processing of kernels
         x = x.view(x.shape[0], 1, self.side, self.side)
         alpha = self.alpha.float()
@@ -381,10 +416,13 @@ class UFPNet_code_uncertainty(nn.Module):  # noqa: N801 - upstream name
 
         x = self.intro(inp)
         skips = []
-        for encoder, down, kernel_down in zip(self.encoders, self.downs, self.kernel_down, strict=True):
-            if len(encoder) == 1 and isinstance(encoder[0], NAFBlock_kernel):
+        kernel_levels = [i for i, e in enumerate(self.encoders) if len(e) == 1 and isinstance(e[0], NAFBlock_kernel)]
+        for i, (encoder, down, kernel_down) in enumerate(zip(self.encoders, self.downs, self.kernel_down, strict=True)):
+            if i in kernel_levels:
                 x = encoder[0](x, kernel)
-                kernel = kernel_down(kernel)
+                # upstream also downsamples after the last kernel level; nothing reads that result
+                if i < kernel_levels[-1]:
+                    kernel = kernel_down(kernel)
             else:
                 x = encoder(x)
             skips.append(x)

@@ -9,7 +9,9 @@ Both map a name to a `Degradation`, which is also callable on one HxWx3 float32 
 
 Blur kernels are made procedurally: camera-shake trajectories after Boracchi & Foi ("Modeling the performance of
 image restoration from motion blur", IEEE TIP 2012; random walk with inertia, centripetal pull and abrupt shakes),
-rasterised with bilinear splatting, and anti-aliased defocus disks.
+rasterised with bilinear splatting, and anti-aliased defocus disks. Camera motion as in GoPro-style datasets
+(Nah et al., CVPR 2017: sharp video frames averaged into one blurry frame, the middle frame as ground truth) is
+rendered by warping the sharp image along a random hand-held camera path (`camera_paths`, `average_frames`).
 """
 
 from __future__ import annotations
@@ -148,6 +150,114 @@ def gaussian_kernel(
     w = -s * xx + c * yy
     kern = np.exp(-0.5 * ((u / sigma_x) ** 2 + (w / sigma_y) ** 2))
     return (kern / kern.sum()).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# camera motion rendered as averaged video frames (the GoPro protocol)
+
+
+@dataclass(frozen=True)
+class CameraShake:
+    """Ranges of a hand-held camera's motion during one exposure, drawn per image by `camera_paths`.
+
+    `extent`: length in pixels of the straight part of the path (the image centre's travel over the exposure);
+    `curve`: bend of the path as a fraction of that length (acceleration); `jitter`: fast tremor, also a fraction;
+    `roll`: in-plane rotation over the exposure in degrees (spatially varying blur, stronger at the corners);
+    `zoom`: relative scale change over the exposure (walking forwards or backwards); `frames`: odd counts of
+    averaged frames (GoPro: 7-13 frames of a 240 fps video); `centre`: where the rotation/zoom centre may lie, as a
+    fraction of the image size around its middle (0: the image centre, as for a whole photo; crops use > 0).
+    """
+
+    extent: tuple[float, float] = (10.0, 34.0)
+    curve: tuple[float, float] = (0.0, 0.8)
+    jitter: tuple[float, float] = (0.0, 0.12)
+    roll: tuple[float, float] = (0.0, 1.2)
+    zoom: tuple[float, float] = (0.0, 0.015)
+    frames: tuple[int, int] = (7, 13)
+    centre: float = 0.0
+
+
+@dataclass(frozen=True)
+class CameraPath:
+    """Affine poses of one exposure: for each sub-frame m, source = c + A[m] @ (p - c) + d[m] (pixels)."""
+
+    A: np.ndarray  # (M, 2, 2)
+    d: np.ndarray  # (M, 2) as (x, y)
+    centre: np.ndarray  # (2,) as (x, y), pixels
+    frames: int
+
+
+def camera_paths(rng: np.random.Generator, n: int, size: tuple[int, int], shake: CameraShake) -> list[CameraPath]:
+    """`n` random exposures for images of `size` (H, W). The middle frame is the identity pose: it is the target.
+
+    Each of the `frames` video frames integrates its own short exposure (half the frame interval, 4 sub-samples),
+    so fast motion shows the faint ghosting of averaged frames, slow motion a smooth streak. The translation is a
+    quadratic curve plus a two-tone tremor; roll and zoom are linear in time.
+    """
+    H, W = size
+    out: list[CameraPath] = []
+    for _ in range(n):
+        lo, hi = shake.frames
+        frames = int(rng.integers(lo // 2, hi // 2 + 1)) * 2 + 1
+        sub = 4
+        # frame f's sub-samples cover [t_f - 1/(4N), t_f + 1/(4N)]; t spans [-0.5, 0.5] over the whole exposure
+        tf = np.linspace(-0.5, 0.5, frames) if frames > 1 else np.zeros(1)
+        offs = (np.arange(sub) + 0.5) / sub - 0.5
+        t = (tf[:, None] + offs[None, :] * (0.5 / frames)).reshape(-1)
+        length = rng.uniform(*shake.extent)
+        ang = rng.uniform(0, 2 * np.pi)
+        v = length * np.array([np.cos(ang), np.sin(ang)])
+        bend_ang = ang + rng.choice([-1.0, 1.0]) * np.pi / 2 + rng.normal(0, 0.4)
+        a = rng.uniform(*shake.curve) * length * 2 * np.array([np.cos(bend_ang), np.sin(bend_ang)])
+        d = t[:, None] * v[None] + (t**2)[:, None] * a[None]
+        amp = rng.uniform(*shake.jitter) * length
+        for _tone in range(2):
+            freq = rng.uniform(1.5, 4.0)
+            phase = rng.uniform(0, 2 * np.pi, size=2)
+            wave = np.sin(2 * np.pi * freq * t[:, None] + phase[None]) - np.sin(phase)[None]
+            d = d + 0.5 * amp * wave
+        roll = np.deg2rad(rng.uniform(*shake.roll)) * rng.choice([-1.0, 1.0])
+        zoom = rng.uniform(*shake.zoom) * rng.choice([-1.0, 1.0])
+        th = roll * t
+        sc = 1.0 + zoom * t
+        A = np.stack([np.stack([np.cos(th), -np.sin(th)], -1), np.stack([np.sin(th), np.cos(th)], -1)], -2)
+        A = A * sc[:, None, None]
+        c = np.array([(W - 1) / 2, (H - 1) / 2]) + rng.uniform(-1, 1, size=2) * shake.centre * np.array([W, H])
+        out.append(CameraPath(A=A, d=d, centre=c, frames=frames))
+    return out
+
+
+def average_frames(x: Tensor, paths: Sequence[CameraPath], gamma: float = 2.2) -> Tensor:
+    """Render each image's exposure: warp it to every sub-frame pose, average in linear light, back to gamma.
+
+    Frames are bicubic-resampled (reflection at the borders) and averaged after undoing a 2.2 gamma, as GoPro's
+    authors averaged frames through an approximate inverse camera response. Samples with fewer sub-frames than the
+    batch maximum get zero weight for the missing ones, so each averages exactly its own exposure.
+    """
+    B, C, H, W = x.shape
+    dev = x.device
+    lin = x.clamp(0, 1).pow(gamma)
+    ys, xs = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
+                            torch.arange(W, device=dev, dtype=torch.float32), indexing="ij")
+    pix = torch.stack([xs, ys], -1).view(1, H, W, 2)
+    counts = np.array([len(p.d) for p in paths])
+    m_max = int(counts.max())
+    acc = torch.zeros_like(lin)
+    scale = torch.tensor([2.0 / W, 2.0 / H], device=dev)
+    c = np.stack([p.centre for p in paths])
+    for m in range(m_max):
+        A = np.stack([p.A[min(m, len(p.d) - 1)] for p in paths])
+        d = np.stack([p.d[min(m, len(p.d) - 1)] for p in paths])
+        w = torch.as_tensor(m < counts, dtype=lin.dtype, device=dev).view(B, 1, 1, 1)
+        At = torch.as_tensor(A, dtype=torch.float32, device=dev).view(B, 1, 1, 2, 2)
+        ct = torch.as_tensor(c, dtype=torch.float32, device=dev).view(B, 1, 1, 2)
+        dt = torch.as_tensor(d, dtype=torch.float32, device=dev).view(B, 1, 1, 2)
+        src = ct + (At @ (pix - ct).unsqueeze(-1)).squeeze(-1) + dt
+        grid = (src + 0.5) * scale - 1  # pixel centres -> [-1, 1] (align_corners=False)
+        warped = F.grid_sample(lin, grid, mode="bicubic", padding_mode="reflection", align_corners=False)
+        acc += warped.clamp_min(0) * w
+    n = torch.as_tensor(counts, dtype=lin.dtype, device=dev).view(B, 1, 1, 1)
+    return (acc / n).pow(1.0 / gamma)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -297,13 +407,28 @@ def _sr_blur_kernels(rng: np.random.Generator, n: int, sigma: tuple[float, float
     return [gaussian_kernel(float(sx[i]), float(sy[i]), float(theta[i])) for i in range(n)]
 
 
+# training crops see rotation/zoom centres anywhere near them (a crop of a photo is off its centre), and a wider
+# range of motion than the evaluation
+TRAIN_SHAKE = CameraShake(extent=(3.0, 40.0), curve=(0.0, 1.0), jitter=(0.0, 0.2), roll=(0.0, 2.5), zoom=(0.0, 0.03),
+                          frames=(5, 15), centre=1.5)
+
+
 def train_deblur(x: Tensor, rng: np.random.Generator, gen: torch.Generator) -> Tensor:
-    """Deblur training mix: motion (70%, 9-31 px) or defocus (30%, r 1-6 px); 5% left sharp; noise 0-3/255."""
+    """Deblur training mix: averaged frames along a camera path (55%, spatially varying), uniform camera-shake
+    kernels (20%, 7-31 px), defocus disks (20%, r 1-6 px); 5% left sharp; noise 0-3/255, 8-bit.
+    """
     B = x.shape[0]
-    kernels = _random_blur_kernels(rng, B, 0.7, (9, 31), (1.0, 6.0))
-    sharp = rng.random(B) < 0.05
-    kernels = [np.ones((1, 1), np.float32) if sharp[i] else kernels[i] for i in range(B)]
+    kind = rng.choice(3, size=B, p=[0.55, 0.2, 0.25])
+    kernels = _random_blur_kernels(rng, B, 0.0, (7, 31), (1.0, 6.0))
+    shake = motion_kernels(rng, B, _odd_sizes(rng, B, 7, 31))
+    sharp = rng.random(B) < 0.2  # of the defocus share: 5% overall
+    kernels = [shake[i] if kind[i] == 1 else np.ones((1, 1), np.float32) if sharp[i] else kernels[i]
+               for i in range(B)]
     y = blur(x, kernels)
+    frames = np.flatnonzero(kind == 0)
+    if len(frames):
+        idx = torch.as_tensor(frames, device=x.device)
+        y[idx] = average_frames(x[idx], camera_paths(rng, len(frames), (x.shape[-2], x.shape[-1]), TRAIN_SHAKE))
     y = gaussian_noise(y, rng.uniform(0, 3, size=B) / 255, gen)
     return quantize(y)
 
@@ -325,12 +450,13 @@ def train_denoise(x: Tensor, rng: np.random.Generator, gen: torch.Generator) -> 
     return torch.where(raw & torch.as_tensor(quality > 100, device=x.device).view(B, 1, 1, 1), y, yj)
 
 
-def _train_sr_real(x: Tensor, rng: np.random.Generator, gen: torch.Generator, scale: int) -> Tensor:
-    """One-stage "real-world" SR mix: 20% plain bicubic; else Gaussian blur, random resize kernel, Gaussian or
-    Poisson noise, JPEG q 40-95 (80%).
+def _train_sr_real(x: Tensor, rng: np.random.Generator, gen: torch.Generator, scale: int,
+                   p_clean: float = 0.2) -> Tensor:
+    """One-stage "real-world" SR mix: a share of plain bicubic (20% here); else Gaussian blur, random resize
+    kernel, Gaussian or Poisson noise, JPEG q 40-95 (80%).
     """
     B = x.shape[0]
-    clean = rng.random(B) < 0.2
+    clean = rng.random(B) < p_clean
     sig_hi = 1.6 if scale == 2 else 2.6
     kernels = _sr_blur_kernels(rng, B, (0.2, sig_hi))
     kernels = [np.ones((1, 1), np.float32) if clean[i] else kernels[i] for i in range(B)]
@@ -356,6 +482,18 @@ def train_sr_real_x4(x: Tensor, rng: np.random.Generator, gen: torch.Generator) 
 train_sr_real_x2.__doc__ = train_sr_real_x4.__doc__ = _train_sr_real.__doc__
 
 
+def train_sr_x2(x: Tensor, rng: np.random.Generator, gen: torch.Generator) -> Tensor:
+    """Bicubic-first x2 mix: 60% plain bicubic (sharpest detail), 40% the real-world degradations (blur, resize
+    kernel, noise, JPEG), so the model still cleans up camera and web images."""
+    return _train_sr_real(x, rng, gen, 2, p_clean=0.6)
+
+
+def train_sr_x4(x: Tensor, rng: np.random.Generator, gen: torch.Generator) -> Tensor:
+    """Bicubic-first x4 mix: 60% plain bicubic (sharpest detail), 40% the real-world degradations (blur, resize
+    kernel, noise, JPEG), so the model still cleans up camera and web images."""
+    return _train_sr_real(x, rng, gen, 4, p_clean=0.6)
+
+
 # evaluation degradations: fixed strength, per-image randomness only where the task needs it (kernels)
 
 
@@ -363,6 +501,18 @@ def deblur_motion(x: Tensor, rng: np.random.Generator, gen: torch.Generator) -> 
     """Camera-shake blur: one random trajectory kernel per image (side 11-31 px), AWGN 1/255, 8-bit PNG."""
     B = x.shape[0]
     y = blur(x, motion_kernels(rng, B, _odd_sizes(rng, B, 11, 31)))
+    return quantize(gaussian_noise(y, 1 / 255, gen))
+
+
+EVAL_SHAKE = CameraShake(extent=(6.0, 24.0))
+
+
+def deblur_camera(x: Tensor, rng: np.random.Generator, gen: torch.Generator) -> Tensor:
+    """Camera motion by the GoPro protocol: 7-13 frames along a random hand-held path (travel 6-24 px, bend, tremor,
+    roll up to 1.2 deg about the image centre, zoom up to 1.5%) averaged in linear light; the middle frame is the
+    target. AWGN 1/255, 8-bit PNG."""
+    B = x.shape[0]
+    y = average_frames(x, camera_paths(rng, B, (x.shape[-2], x.shape[-1]), EVAL_SHAKE))
     return quantize(gaussian_noise(y, 1 / 255, gen))
 
 
@@ -459,6 +609,7 @@ def _registry(*items: Degradation) -> dict[str, Degradation]:
 
 
 DEGRADATIONS: dict[str, Degradation] = _registry(
+    Degradation("deblur_camera", deblur_camera, "deblur"),
     Degradation("deblur_motion", deblur_motion, "deblur"),
     Degradation("deblur_defocus", deblur_defocus, "deblur"),
     Degradation("noise25", noise25, "denoise"),
@@ -478,6 +629,8 @@ TRAIN_DEGRADATIONS: dict[str, Degradation] = _registry(
     Degradation("train_denoise", train_denoise, "denoise"),
     Degradation("train_sr_real_x2", train_sr_real_x2, "upscale", 2),
     Degradation("train_sr_real_x4", train_sr_real_x4, "upscale", 4),
+    Degradation("train_sr_x2", train_sr_x2, "upscale", 2),
+    Degradation("train_sr_x4", train_sr_x4, "upscale", 4),
 )
 
 

@@ -25,7 +25,7 @@ from ..evaluate import EvalResult, RestoreFn, evaluate
 
 # what each task is scored on after training
 TASK_EVALS: dict[str, dict[int, tuple[str, ...]]] = {
-    "deblur": {1: ("deblur_motion", "deblur_defocus")},
+    "deblur": {1: ("deblur_camera", "deblur_motion", "deblur_defocus")},
     "denoise": {1: ("noise25", "noise50")},
     "upscale": {2: ("sr_x2", "sr_real_x2"), 4: ("sr_x4", "sr_real_x4")},
 }

@@ -246,8 +246,11 @@ class EMA:
         self._src = list(model.parameters())
         self._dst = list(self.model.parameters())
 
+    start = 0  # iterations already averaged (a run continued from a checkpoint skips the warm-up)
+
     @torch.no_grad()
     def update(self, model: nn.Module, it: int) -> None:
+        it += self.start
         d = min(self.decay, (1 + it) / (10 + it))
         torch._foreach_lerp_(self._dst, self._src, 1.0 - d)
         for b_dst, b_src in zip(self.model.buffers(), model.buffers(), strict=True):
@@ -413,6 +416,9 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
         val_lq, val_gt = validation_set(val_paths, cfg, device) if val_paths else (None, None)
         model = (build_fn or default_build)(cfg.arch, dict(cfg.arch_kwargs))
         prepare_for_training(model)
+        init = _read_checkpoint(Path(cfg.init)) if cfg.init else None
+        if init is not None:
+            model.load_state_dict(init["model"], strict=True)
         model = model.to(device)
         n_params = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
         log.event("start", f"{cfg.arch} {json.dumps(cfg.arch_kwargs)}: {n_params / 1e6:.3f} M params "
@@ -426,6 +432,12 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), **opt_kwargs)
         clip_groups = _clip_groups(model)
         ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+        if ema is not None and init is not None and init["ema"]:
+            ema.model.load_state_dict(init["ema"], strict=True)
+            ema.start = cfg.warmup  # the average is already warm: no bias correction from zero
+        if init is not None:
+            log.event("init", f"continuing from {cfg.init} (iteration {init['iteration']})", init=cfg.init,
+                      init_iteration=init["iteration"])
         use_amp = cfg.amp and device.type == "cuda"
         kernel_gen = torch.Generator(device=device)
         kernel_gen.manual_seed(cfg.seed + 1)
@@ -625,6 +637,25 @@ def _checkpoint(model: nn.Module, ema: EMA | None, path: Path, it: int) -> None:
         tensors.update({f"ema.{k}": v.detach().float().contiguous().cpu() if v.is_floating_point() else v.cpu()
                         for k, v in ema.model.state_dict().items()})
     _atomic_save(tensors, path, {"iteration": str(it)})
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A `_checkpoint` file (or an exported weights file) as {"model": sd, "ema": sd or {}, "iteration": int}."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iteration
+    parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}}
+    for k, v in tensors.items():
+        head, _, key = k.partition(".")
+        if head in parts:
+            parts[head][key] = v
+    if not parts["model"]:
+        # an exported (EMA, float16) weights file: it starts both the model and the average
+        parts = {"model": {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}}
+        parts["ema"] = parts["model"]
+    return {**parts, "iteration": int(meta.get("iteration", meta.get("iterations", "0")))}
 
 
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:

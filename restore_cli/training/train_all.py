@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="TrainConfig override passed to every run (e.g. a CPU smoke test: --set batch=2)")
+    ap.add_argument("--init-dir", default=None,
+                    help="continue each run from <init-dir>/<preset>.ckpt.safetensors (an earlier run's checkpoint "
+                         "or exported weights)")
     ap.add_argument("--eval-limit", type=int, default=None, help="score only the first N images")
     ap.add_argument("--eval-crop", type=int, default=None, help="centre-crop evaluation images to N x N")
     args = ap.parse_args(argv)
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--seed", str(args.seed)]
         for item in args.set:
             cmd += ["--set", item]
+        if args.init_dir and (Path(args.init_dir) / f"{name}.ckpt.safetensors").is_file():
+            cmd += ["--set", f"init={(Path(args.init_dir) / f'{name}.ckpt.safetensors').resolve()}"]
         log.line(f"== start {name}: {' '.join(cmd[2:])}")
         p = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(threads), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, bufsize=1)
