@@ -125,14 +125,18 @@ class _CodeTail(nn.Module):
         )
         self.kernel_size = math.isqrt(out_ch)
 
+    def maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(code (B, k*k, H, W), sigma (B, 1, H, W)), float32, channel c of the code being kernel entry c."""
+        # softmax over 361 channels and the statistics after it are kept in fp32 for half-precision models
+        return torch.softmax(self.mean(x).float(), dim=1), self.var(x).float().mean(dim=1, keepdim=True)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(code, sigma), both (B, H*W, k, k) float32; sigma is constant over each k x k (upstream repeats it)."""
         b, _, h, w = x.shape
         k = self.kernel_size
-        # softmax over 361 channels and the statistics after it are kept in fp32 for half-precision models
-        code = torch.softmax(self.mean(x).float(), dim=1)
+        code, sigma = self.maps(x)
         code = code.reshape(b, k, k, h * w).permute(0, 3, 1, 2)
-        sigma = self.var(x).float().mean(dim=1).reshape(b, h * w, 1, 1).expand(-1, -1, k, k)
+        sigma = sigma.reshape(b, h * w, 1, 1).expand(-1, -1, k, k)
         return code, sigma
 
 
@@ -153,24 +157,43 @@ class code_extra_mean_var(nn.Module):  # noqa: N801 - upstream name
         self.Decoding_Block2 = _DecodingBlock(2 * width, width)
         self.Conv_tail = _CodeTail(width, kernel_size * kernel_size)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         x, skip1 = self.Encoding_Block1(x)
         x, skip2 = self.Encoding_Block2(x)
         x = self.Conv_mid(x)
         x = self.Decoding_Block1(x, skip2)
-        x = self.Decoding_Block2(x, skip1)
-        return self.Conv_tail(x)
+        return self.Decoding_Block2(x, skip1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(code, sigma), both (B, H*W, k, k): upstream's layout."""
+        return self.Conv_tail(self._trunk(x))
+
+    def maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(code (B, k*k, H, W), sigma (B, 1, H, W)): the same values as image-shaped maps, no transposes."""
+        return self.Conv_tail.maps(self._trunk(x))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # flow-based kernel prior (upstream Flow_arch.py, from FKP: RealNVP couplings + batch norms)
 
 
+def _dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A linear layer over dim 1: rows (N, F) or feature maps (B, F, L), the latter as a 1x1 convolution."""
+    if x.ndim == 2:
+        return F.linear(x, weight, bias)
+    return F.conv1d(x, weight.unsqueeze(-1), bias)
+
+
 def _linear_fp32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
         bias = None if layer.bias is None else layer.bias.float()
-        return F.linear(x, layer.weight.float(), bias)
+        return _dense(x, layer.weight.float(), bias)
     return layer(x)
+
+
+def _per_feature(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-feature vector shaped to broadcast over dim 1 of rows or feature maps."""
+    return v.view(-1, *([1] * (x.ndim - 2)))
 
 
 class LinearMaskedCoupling(nn.Module):
@@ -207,13 +230,16 @@ class LinearMaskedCoupling(nn.Module):
         `moved` (mask 0, scaled and shifted); returns the new `moved`. Same result as `inverse` without the
         masked-out half of the first layers' inputs and the last layers' outputs, whose products are zeros.
         """
+        # both first layers in one product: `kept` is read once
+        w = torch.cat([self.s_net[0].weight.float()[:, kept_idx], self.t_net[0].weight.float()[:, kept_idx]])
+        b = torch.cat([self.s_net[0].bias.float(), self.t_net[0].bias.float()])
+        hs = _dense(kept, w, b).split(self.s_net[0].out_features, dim=1)
         outs = []
-        for net in (self.s_net, self.t_net):
-            first, last = net[0], net[-1]
-            h = F.linear(kept, first.weight.float()[:, kept_idx], first.bias.float())
+        for net, h in zip((self.s_net, self.t_net), hs, strict=True):
             for layer in list(net)[1:-1]:
                 h = _linear_fp32(layer, h)
-            outs.append(F.linear(h, last.weight.float()[moved_idx], last.bias.float()[moved_idx]))
+            last = net[-1]
+            outs.append(_dense(h, last.weight.float()[moved_idx], last.bias.float()[moved_idx]))
         log_s, t = outs
         return torch.addcmul(t, moved, log_s.exp())
 
@@ -273,27 +299,41 @@ class KernelPrior(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        # The couplings alternate between the odd and even entries, so the flow runs on the two halves apart:
-        # half the matrix work and one pass per batch norm, instead of full-width masked products (UFPNet runs
-        # this at every pixel: it was most of the bundled ufpnet-s's CPU time).
-        x = u.float()
-        halves = {1: x[:, 1::2], 0: x[:, 0::2]}  # mask value -> entries; a coupling keeps its mask-1 half
+        """Codes (N, k*k) -> kernels (N, 1, k, k)."""
+        x = self._sample(u.float())
+        return x.view(x.shape[0], 1, self.side, self.side)
+
+    def maps(self, u: torch.Tensor) -> torch.Tensor:
+        """Code maps (B, k*k, H, W) -> kernel maps of the same shape (channel c = kernel entry c)."""
+        b, n, h, w = u.shape
+        return self._sample(u.float().reshape(b, n, h * w)).view(b, n, h, w)
+
+    def _sample(self, x: torch.Tensor) -> torch.Tensor:
+        """The flow's inverse and post-processing on entries along dim 1 of (N, F) or (B, F, L), float32.
+
+        The couplings alternate between the odd and even entries, so the flow runs on the two halves apart:
+        half the matrix work and one pass per batch norm, instead of full-width masked products (UFPNet runs
+        this at every pixel: it was most of the bundled ufpnet-s's CPU time).
+        """
+        # parity -> that half's entries, contiguous; a coupling keeps the half where its mask is 1
+        halves = {1: x[:, 1::2].contiguous(), 0: x[:, 0::2].contiguous()}
         n = x.shape[1]
         idx = {1: torch.arange(1, n, 2, device=x.device), 0: torch.arange(0, n, 2, device=x.device)}
         for layer in reversed(self.net):
             if isinstance(layer, BatchNorm):
                 a, b = layer.inverse_affine()
-                halves = {k: torch.addcmul(b[idx[k]], v, a[idx[k]]) for k, v in halves.items()}
+                halves = {k: torch.addcmul(_per_feature(b[idx[k]], v), v, _per_feature(a[idx[k]], v))
+                          for k, v in halves.items()}
             else:
                 keep = int(layer.mask[1].item())  # entry 1's mask value: which parity this coupling keeps
                 halves[1 - keep] = layer.inverse_split(halves[keep], halves[1 - keep], idx[keep], idx[1 - keep])
-        x = torch.empty_like(x)
-        x[:, 1::2] = halves[1]
-        x[:, 0::2] = halves[0]
-        # undo the dataloader's logit pre-processing of kernels
-        x = x.view(x.shape[0], 1, self.side, self.side)
+        out = torch.empty_like(x)
+        # undo the dataloader's logit pre-processing of kernels, half by half, into place
         alpha = self.alpha.float()
-        return (torch.sigmoid(x) - alpha) / (1 - 2 * alpha) * self.normalization.float()
+        gain = self.normalization.float() / (1 - 2 * alpha)
+        for parity, part in halves.items():
+            out[:, parity::2] = (torch.sigmoid(part) - alpha) * gain
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -387,32 +427,32 @@ class UFPNet_code_uncertainty(nn.Module):  # noqa: N801 - upstream name
         self.padder_size = 2 ** len(self.encoders)
 
     def _estimate_kernel(self, inp: torch.Tensor) -> torch.Tensor:
-        """Per-pixel blur kernels (B, H*W, k, k) of the padded input, as upstream's first output.
+        """Per-pixel blur kernels of the padded input as maps (B, k*k, H, W): channel c is kernel entry c.
 
         Upstream runs this without gradients (the estimator is trained separately) and samples the code noise in
         eval too; the noise is drawn here only in training mode (see the module docstring).
         """
-        b, _, h, w = inp.shape
-        k = self.kernel_size
         with torch.no_grad():
-            code, sigma = self.kernel_extra(inp)
+            code, sigma = self.kernel_extra.maps(inp)
             with torch.autocast(inp.device.type, enabled=False):
                 # standardise each pixel's code over its k*k entries (unbiased std, as torch.std)
-                code = (code - code.mean(dim=(2, 3), keepdim=True)) / code.std(dim=(2, 3), keepdim=True)
-                code = code * torch.sqrt(1 - sigma.square())
+                std, mean = torch.std_mean(code, dim=1, keepdim=True)
+                code = (code - mean) * (torch.sqrt(1 - sigma.square()) / std)
                 if self.training:
                     code = code + torch.randn_like(code) * sigma
-                kernel = self.flow(code.reshape(b * h * w, k * k))
-        return kernel.reshape(b, h * w, k, k).to(inp.dtype)
+                kernel = self.flow.maps(code)
+        return kernel.to(inp.dtype)
 
     def forward_with_kernel(self, inp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(kernels (B, Hp*Wp, 19, 19) estimated on the reflect-padded input, deblurred image clamped to [0, 1])."""
         B, _, H, W = inp.shape
         # reflect, not zeros: the kernel estimator would read a zero border as blur structure
         inp = pad_to_multiple(inp, self.padder_size, mode="reflect")
-        kernel_blur = self._estimate_kernel(inp)
+        kernel = self._estimate_kernel(inp)
         hp, wp = inp.shape[-2:]
-        kernel = kernel_blur.permute(0, 2, 3, 1).reshape(B, self.kernel_size**2, hp, wp)
+        k = self.kernel_size
+        # upstream's layout of the same values; forward() never reads it, so the view costs nothing there
+        kernel_blur = kernel.reshape(B, k * k, hp * wp).transpose(1, 2).reshape(B, hp * wp, k, k)
 
         x = self.intro(inp)
         skips = []

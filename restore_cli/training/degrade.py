@@ -234,7 +234,7 @@ def average_frames(x: Tensor, paths: Sequence[CameraPath], gamma: float = 2.2) -
     authors averaged frames through an approximate inverse camera response. Samples with fewer sub-frames than the
     batch maximum get zero weight for the missing ones, so each averages exactly its own exposure.
     """
-    B, C, H, W = x.shape
+    B, _, H, W = x.shape
     dev = x.device
     lin = x.clamp(0, 1).pow(gamma)
     ys, xs = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),

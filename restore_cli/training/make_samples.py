@@ -21,7 +21,7 @@ CROP = 256
 SEED = 0
 # folder -> (degradation, Kodak images); lowres: 256 -> 128 px, a valid input for the x2 and the x4 model
 SAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "blurry": ("deblur_motion", ("kodim05.png", "kodim24.png")),
+    "blurry": ("deblur_camera", ("kodim05.png", "kodim24.png")),
     "noisy": ("noise25", ("kodim15.png", "kodim23.png")),
     "lowres": ("bicubic_x2", ("kodim08.png", "kodim19.png")),
 }
