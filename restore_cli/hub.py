@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,8 @@ def fetch(source: Source, *, offline: bool = False, progress: bool = True, name:
     )
     remedy = f"`restore models remove {name}` deletes it" if name else "remove it from the Hugging Face cache"
     _verify(path, source.sha256, uri, remedy)
+    if source.sha256 is None:
+        note(f"{name or uri} is unpinned (no sha256 in weights.toml, revision {revision}): its file is not checked")
     return path
 
 
@@ -601,6 +604,11 @@ def _blob_in_use(snapshots: Path, blob: Path) -> bool:
 
 # --------------------------------------------------------------------------------------------------------------
 # Messages
+
+
+def note(line: str) -> None:
+    """One line on stderr that the user should see but that stops nothing (an unpinned preset)."""
+    print("note: " + _one_line(line), file=sys.stderr, flush=True)
 
 
 def _reason(exc: BaseException) -> str:

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -46,7 +45,7 @@ from filelock import FileLock
 
 from . import __version__
 from .errors import WeightsError
-from .hub import _expected, _one_line, _reason, file_sha256, remember_sha256, restore_cache_dir
+from .hub import _expected, _one_line, _reason, file_sha256, note, remember_sha256, restore_cache_dir
 from .presets import Source
 
 __all__ = ["GDRIVE_ENDPOINT_ENV", "LOCK_FILE", "cached_path", "fetch", "is_manual", "manual_message", "recorded",
@@ -131,7 +130,7 @@ def fetch(source: Source, *, offline: bool, progress: bool, name: str | None) ->
         path, digest = _download(target, expected=expected, label=label, name=name, progress=progress)
     if expected is None:
         record = recorded(source) or {}
-        _say(f"note: {label} is unpinned (no sha256 in weights.toml); it must match the sha256 recorded on its "
+        note(f"{label} is unpinned (no sha256 in weights.toml); it must match the sha256 recorded on its "
              f"first download ({record.get('date', 'today')}): {digest[:16]}...")
     return path
 
@@ -349,7 +348,7 @@ def _receive(r: httpx2.Response, part: Path, offset: int, state: _Resume, target
     size = offset
     try:
         with part.open("ab" if offset else "wb") as f, _progress_bar(label, state.total, offset, progress) as advance:
-            for chunk in r.iter_bytes(_CHUNK):
+            for chunk in r.iter_bytes():  # as received: a chunk size would buffer bytes an error then loses
                 if size == 0 and _looks_like_html(chunk):
                     raise _html_error(target, label, str(r.url))
                 _write(f, chunk)
@@ -705,10 +704,6 @@ def _progress_bar(label: str, total: int | None, done: int, enabled: bool) -> It
                   TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=total, completed=done)
         yield lambda n: bar.advance(task, n)
-
-
-def _say(line: str) -> None:
-    print(_one_line(line), file=sys.stderr, flush=True)
 
 
 def _size(n: int) -> str:
