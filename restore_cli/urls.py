@@ -66,7 +66,7 @@ _CHUNK = 1 << 20
 _MAX_PAGE = 4 << 20  # an HTML answer larger than this is no confirmation page or folder listing
 _MAX_HOPS = 5  # Drive: file link -> confirmation page -> file, plus a restart after a refused range
 _TIMEOUT = httpx2.Timeout(60.0, connect=15.0)
-_TEMP_SUFFIXES = (".part", ".part.json", ".lock")
+_TEMP_SUFFIXES = (".part", ".part.json")
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,9 @@ class _Target:
 
     @property
     def lock(self) -> Path:
-        return self.folder / f"{self.filename or 'unnamed'}.lock"
+        # Outside urls/: filelock leaves its (empty) file behind, and the cache tree should hold only weights
+        # and resumable parts. Deleting a lock file on release would race with a process waiting on it.
+        return restore_cache_dir() / "locks" / f"url-{hashlib.sha256(self.key.encode()).hexdigest()[:24]}.lock"
 
 
 @dataclass
@@ -160,7 +162,6 @@ def remove(source: Source) -> bool:
         if path is not None and path.is_file():
             path.unlink()
             removed = True
-    target.lock.unlink(missing_ok=True)  # filelock leaves its file behind
     _prune(target.part.parent, restore_cache_dir() / "urls")
     return removed
 
@@ -283,9 +284,11 @@ def _download(target: _Target, *, expected: str | None, label: str, name: str | 
                                         "Accept-Encoding": "identity"}) as client:
                 url = _start_url(client, target, label)
                 digest, size, server_name = _transfer(client, url, target, label, progress)
+            return _accept(target, digest, size, server_name, expected=expected, label=label, name=name), digest
         except (httpx2.HTTPError, httpx2.InvalidURL) as exc:
             raise _transport_error(exc, target, label) from exc
-        return _accept(target, digest, size, server_name, expected=expected, label=label, name=name), digest
+        finally:
+            _prune(target.part.parent, restore_cache_dir() / "urls")  # folders a failed download left empty
 
 
 def _start_url(client: httpx2.Client, target: _Target, label: str) -> str:
