@@ -320,8 +320,7 @@ def _transfer(client: httpx2.Client, url: str, target: _Target, label: str,
             _check_status(r, target, label)
             if r.headers.get("content-type", "").lower().startswith("text/html"):
                 page = _read_page(r)
-                if target.kind == "http":
-                    _discard(part)
+                if target.kind == "http":  # a part from an earlier try stays: it is still the file's start
                     raise _html_error(target, label, str(r.url))
                 url = _drive_next(page, str(r.url), target, label)
                 continue
@@ -344,10 +343,13 @@ def _transfer(client: httpx2.Client, url: str, target: _Target, label: str,
 def _receive(r: httpx2.Response, part: Path, offset: int, state: _Resume, target: _Target, label: str,
              progress: bool) -> tuple[str, int, str | None]:
     h = hashlib.sha256()
-    if offset:
-        with part.open("rb") as f:
-            for block in iter(lambda: f.read(_CHUNK), b""):
-                h.update(block)
+    if offset:  # the resumed file's hash covers the bytes already on disk
+        try:
+            with part.open("rb") as f:
+                for block in iter(lambda: f.read(_CHUNK), b""):
+                    h.update(block)
+        except OSError as exc:
+            raise WeightsError(f"cannot read the partial download {part}: {_reason(exc)}") from exc
     size = offset
     try:
         with part.open("ab" if offset else "wb") as f, _progress_bar(label, state.total, offset, progress) as advance:
