@@ -394,3 +394,30 @@ def test_remove_deletes_the_file_and_any_partial_download(gh: tuple[WebServer, W
     hub.fetch(src, progress=False)
     assert hub.remove(src) is True and hub.remove(src) is False
     assert not any((cache / "urls").iterdir())  # empty folders pruned
+
+
+def test_stale_part_larger_than_the_file_restarts(gh: tuple[WebServer, WebServer], cache: Path) -> None:
+    github, objects = gh
+    data = weights(20_000, seed=14)
+    src = Source("url", url=github_asset(github, objects, RELEASE, data), filename="net.pth", sha256=sha256(data))
+    target = urls._target(src)
+    assert target is not None
+    target.part.parent.mkdir(parents=True)
+    target.part.write_bytes(b"x" * 30_000)  # longer than the file: the server answers 416
+    target.part.with_name("net.pth.part.json").write_text(json.dumps(
+        {"key": target.key, "validator": None, "total": None, "name": None}))
+    assert hub.fetch(src, progress=False).read_bytes() == data
+    assert objects.count("/release-assets/") == 2 and leftovers(cache) == []
+
+
+def test_drive_pages_older_confirm_link_and_login() -> None:
+    target = urls._Target("https://drive.google.com/file/d/1abcdefghijk", "drive-file", Path("/x"), None,
+                          "k", "1abcdefghijk")
+    older = ('<html><body><a id="uc-download-link" href="/uc?export=download&amp;confirm=Ab12&amp;'
+             'id=1abcdefghijk">Download anyway</a></body></html>')
+    assert urls._drive_next(older, "https://drive.google.com/uc?id=1abcdefghijk", target, "net") == (
+        "https://drive.google.com/uc?export=download&confirm=Ab12&id=1abcdefghijk")
+    with pytest.raises(WeightsError) as err:
+        urls._drive_next("<html><title>Sign in</title></html>", "https://accounts.google.com/ServiceLogin?x=1",
+                         target, "net")
+    assert_one_line(err.value, "net", "needs a Google login", "--model PATH")
