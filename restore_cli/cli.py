@@ -340,9 +340,9 @@ def _params(p: presets.Preset) -> int | None:
 
 
 def _available(p: presets.Preset) -> str:
-    from . import hub
+    from . import hub, urls
 
-    if p.source.kind == "url":
+    if p.source.kind == "url" and urls.is_manual(p.source):
         return "manual"
     return "yes" if hub.is_cached(p.source) else "no"
 
@@ -393,6 +393,12 @@ def models_info(name: str) -> None:
     s = p.source
     rows += [(k, v) for k, v in (("repo", s.repo), ("file", s.filename), ("revision", s.revision),
                                  ("sha256", s.sha256), ("url", s.url), ("note", s.note)) if v]
+    if s.kind == "url" and not s.sha256:
+        from . import urls
+
+        seen = urls.recorded(s)
+        rows.append(("sha256", f"{seen['sha256']} (unpinned: recorded on first download, {seen.get('date')})"
+                     if seen else "unpinned (recorded on first download)"))
     rows.append(("available", _available(p)))
     for k, v in rows:
         out.print(f"[bold]{k:12}[/bold] {v}", soft_wrap=True)
@@ -422,7 +428,7 @@ def models_remove(names: list[str]) -> None:
 
     for name in names:
         p = presets.get(name)
-        if p.source.kind != "hf":
+        if p.source.kind == "bundled":
             raise UsageError(f"{name}: {p.source.kind} weights are not in the download cache")
         out.print(f"{name}: {'removed' if hub.remove(p.source) else 'not cached'}")
 

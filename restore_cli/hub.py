@@ -1,8 +1,10 @@
 """Weights from the Hugging Face Hub: fetch, verify (sha256), locate and remove cached files.
 
-This is the only module that touches the network, and it does so only through `huggingface_hub`, so the standard
-cache (`HF_HOME` / `HF_HUB_CACHE`), `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE` behave as users expect from
-other Hugging Face tools. Every failure becomes a `WeightsError` with one line that names the repo and file.
+The front door for every preset source: `fetch`, `cached_path`, `is_cached` and `remove` take any `Source`; `url`
+sources (plain http(s), GitHub releases, Google Drive) are handed to `urls.py`, the only other module that
+touches the network. Hub traffic goes only through `huggingface_hub`, so the standard cache (`HF_HOME` /
+`HF_HUB_CACHE`), `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE` behave as users expect from other Hugging Face
+tools. Every failure becomes a `WeightsError` with one line that names the repo and file.
 
 Decisions worth knowing:
 
@@ -25,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +68,7 @@ __all__ = [
     "is_cached",
     "is_offline",
     "parse_hf_uri",
+    "remember_sha256",
     "remove",
     "restore_cache_dir",
 ]
@@ -126,14 +130,17 @@ def is_offline(offline: bool = False) -> bool:
 
 
 def fetch(source: Source, *, offline: bool = False, progress: bool = True, name: str | None = None) -> Path:
-    """Local path of a preset's weights file, downloading it (hf sources) when not cached; sha256 checked.
+    """Local path of a preset's weights file, downloading it (hf and url sources) when not cached; sha256 checked.
 
-    `name` (the preset name) only improves messages. Raises WeightsError for anything that prevents use.
+    `name` (the preset name) improves messages and is recorded for unpinned url presets. Raises WeightsError for
+    anything that prevents use, including url sources on login-only hosts (the message says where to get them).
     """
     if source.kind == "bundled":
         return _fetch_bundled(source)
     if source.kind == "url":
-        raise WeightsError(_url_message(source, name))
+        from . import urls  # imported here: urls builds on this module
+
+        return urls.fetch(source, offline=is_offline(offline), progress=progress, name=name)
     if source.kind != "hf" or not source.repo or not source.filename:
         raise WeightsError(f"weights source for {name or 'this preset'} is incomplete: {source}")
     revision = source.revision or constants.DEFAULT_REVISION
@@ -152,6 +159,8 @@ def fetch(source: Source, *, offline: bool = False, progress: bool = True, name:
     )
     remedy = f"`restore models remove {name}` deletes it" if name else "remove it from the Hugging Face cache"
     _verify(path, source.sha256, uri, remedy)
+    if source.sha256 is None:
+        note(f"{name or uri} is unpinned (no sha256 in weights.toml, revision {revision}): its file is not checked")
     return path
 
 
@@ -167,6 +176,10 @@ def cached_path(source: Source) -> Path | None:
         return path if path.is_file() else None
     if source.kind == "hf" and source.repo and source.filename:
         return _cached(source.repo, source.filename, source.revision or constants.DEFAULT_REVISION)
+    if source.kind == "url":
+        from . import urls
+
+        return urls.cached_path(source)
     return None
 
 
@@ -176,11 +189,16 @@ def is_cached(source: Source) -> bool:
 
 
 def remove(source: Source) -> bool:
-    """Delete our cached copy of an hf source from the HF cache; True if something was deleted.
+    """Delete our cached copy of an hf or url source; True if something was deleted.
 
-    Only this file's snapshot entry goes, plus its blob when no other snapshot uses it: other files of the same
-    repo and revision stay. Bundled and url sources are never deleted (they are not ours to remove).
+    hf: only this file's snapshot entry goes, plus its blob when no other snapshot uses it: other files of the
+    same repo and revision stay. url: the file in restore's cache and any partial download. Bundled files are
+    never deleted (they are not ours to remove).
     """
+    if source.kind == "url":
+        from . import urls
+
+        return urls.remove(source)
     if source.kind != "hf" or not source.repo or not source.filename:
         return False
     pointer = cached_path(source)
@@ -280,6 +298,14 @@ def file_sha256(path: Path) -> str:
         stamps[str(real)] = [*before, digest]
         _save_stamps(stamps)
     return digest
+
+
+def remember_sha256(path: Path, digest: str) -> None:
+    """Tell `file_sha256` the hash of a file just written (hashed while downloading), so it is not read again."""
+    real = path.resolve()
+    stamps = _load_stamps()
+    stamps[str(real)] = [*_signature(real), digest]
+    _save_stamps(stamps)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -420,15 +446,6 @@ def _fetch_bundled(source: Source) -> Path:
                            "reinstall restore-cli")
     _verify(path, source.sha256, f"bundled {source.filename}", "reinstall restore-cli")
     return path
-
-
-def _url_message(source: Source, name: str | None) -> str:
-    what = name or source.filename or "these weights"
-    msg = (f"{what} cannot be downloaded automatically: the file is hosted at {source.url}; download it by hand "
-           "and pass it with --model PATH")
-    if source.note:
-        msg += f" ({source.note})"
-    return _one_line(msg)
 
 
 def _read_config(path: Path, uri: str) -> tuple[str, dict[str, Any], str | None, str | None]:
@@ -587,6 +604,11 @@ def _blob_in_use(snapshots: Path, blob: Path) -> bool:
 
 # --------------------------------------------------------------------------------------------------------------
 # Messages
+
+
+def note(line: str) -> None:
+    """One line on stderr that the user should see but that stops nothing (an unpinned preset)."""
+    print("note: " + _one_line(line), file=sys.stderr, flush=True)
 
 
 def _reason(exc: BaseException) -> str:

@@ -62,7 +62,7 @@ arch = "SPAN"
 scale = 4
 license = "Apache-2.0"
 description = "test"
-source = {{ url = "https://example.org/spanx4.pth", filename = "spanx4.pth", note = "Google Drive" }}
+source = {{ url = "https://pan.baidu.com/s/1spanx4?pwd=abcd", filename = "spanx4.pth", note = "Baidu" }}
 """)
     e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     with FakeHub() as hub:
@@ -107,7 +107,7 @@ def test_download_cache_offline_remove(env: tuple[FakeHub, dict[str, str], str])
 @pytest.mark.parametrize("model,needle", [
     ("bad-sha", "sha256"),
     ("gone", "acme/missing"),
-    ("elsewhere", "https://example.org/spanx4.pth"),
+    ("elsewhere", "https://pan.baidu.com/s/1spanx4?pwd=abcd"),
 ])
 def test_failures_are_one_line(env: tuple[FakeHub, dict[str, str], str], model: str, needle: str) -> None:
     _, e, tmp = env

@@ -530,10 +530,11 @@ def test_bundled_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert_one_line(err.value, "gone.safetensors", "reinstall")
 
 
-def test_url_source_explains_the_manual_download() -> None:
+def test_login_only_url_source_explains_the_manual_download() -> None:
+    # Downloadable URLs are tested in test_urls.py; a login-only host still gets "where to get the file".
     src = Source(
         "url",
-        url="https://example.org/models/swinir.pth",
+        url="https://pan.baidu.com/s/1swinir?pwd=abcd",
         filename="swinir.pth",
         note="academic use only;\nsign the form first",
     )
@@ -543,7 +544,7 @@ def test_url_source_explains_the_manual_download() -> None:
     assert_one_line(
         err.value,
         "swinir",
-        "https://example.org/models/swinir.pth",
+        "https://pan.baidu.com/s/1swinir?pwd=abcd",
         "--model PATH",
         "academic use only; sign the form first",
     )
