@@ -91,6 +91,47 @@ def test_train_degradations_batched(name: str) -> None:
     assert torch.isfinite(y1).all()
 
 
+def test_camera_paths_middle_frame_is_the_identity() -> None:
+    """The target of a GoPro-style pair is the middle frame: the path must pass through the identity there."""
+    paths = degrade.camera_paths(np.random.default_rng(3), 6, (64, 96), degrade.TRAIN_SHAKE)
+    for p in paths:
+        assert p.frames % 2 == 1 and len(p.d) == 4 * p.frames
+        # the two sub-samples around t = 0 straddle it symmetrically: their mean pose is the identity
+        mid = len(p.d) // 2
+        assert np.allclose((p.d[mid - 1] + p.d[mid]) / 2, 0, atol=0.05 * np.abs(p.d).max() + 1e-6)
+        assert np.allclose((p.A[mid - 1] + p.A[mid]) / 2, np.eye(2), atol=1e-3)
+
+
+def test_average_frames_still_camera_is_lossless_and_moving_camera_blurs() -> None:
+    x = torch.from_numpy(_image(48, 64)).permute(2, 0, 1)[None]
+    still = degrade.CameraPath(A=np.tile(np.eye(2), (8, 1, 1)), d=np.zeros((8, 2)), centre=np.array([31.5, 23.5]),
+                               frames=1)
+    assert torch.allclose(degrade.average_frames(x, [still]), x, atol=1e-4)
+    # a pure horizontal 8 px sweep over f(x) + g(y): the x detail blurs, the y detail stays
+    g = torch.Generator().manual_seed(1)
+    x = (0.3 * torch.rand(1, 3, 1, 64, generator=g) + 0.3 * torch.rand(1, 3, 48, 1, generator=g) + 0.2)
+    t = np.linspace(-0.5, 0.5, 33)
+    sweep = degrade.CameraPath(A=np.tile(np.eye(2), (33, 1, 1)), d=np.stack([8 * t, 0 * t], 1),
+                               centre=np.array([31.5, 23.5]), frames=33)
+    y = degrade.average_frames(x, [sweep])
+    gx = lambda z: (z[..., 1:] - z[..., :-1]).abs().mean()  # noqa: E731
+    gy = lambda z: (z[..., 1:, :] - z[..., :-1, :]).abs().mean()  # noqa: E731
+    assert gx(y) < 0.5 * gx(x) and gy(y) > 0.8 * gy(x)
+    # energy in linear light is kept: a flat image stays flat
+    flat = torch.full((1, 3, 16, 16), 0.4)
+    assert torch.allclose(degrade.average_frames(flat, [sweep]), flat, atol=1e-4)
+
+
+def test_deblur_camera_blur_varies_over_the_image() -> None:
+    """Roll about the centre blurs the corners more than the centre (spatially varying, as real shake)."""
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    roll = np.deg2rad(6.0) * np.linspace(-0.5, 0.5, 24)
+    A = np.stack([[[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]] for r in roll])
+    path = degrade.CameraPath(A=A, d=np.zeros((24, 2)), centre=np.array([47.5, 47.5]), frames=24)
+    err = (degrade.average_frames(x, [path]) - x).abs()[0].mean(0)
+    assert float(err[:16, :16].mean()) > 2 * float(err[40:56, 40:56].mean())
+
+
 def test_seed_for_is_stable() -> None:
     assert degrade.seed_for("kodim01.png", 0) == degrade.seed_for("kodim01.png", 0)
     assert degrade.seed_for("kodim01.png", 0) != degrade.seed_for("kodim02.png", 0)
@@ -149,6 +190,28 @@ def test_train_smoke_exports_loadable_fp16(tmp_path: Path) -> None:
     events = [json.loads(line)["event"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert events[0] == "start" and events[-1] == "export" and "val" in events
     assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
+
+
+def test_train_continues_from_an_export(tmp_path: Path) -> None:
+    """`init` starts the model and its average from an earlier export (fp16) or checkpoint (fp32)."""
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    for i in range(3):
+        ev.write_png(train_dir / f"im{i}.png", _image(80, 80, seed=i))
+    base = configs.get("nafnet-s-denoise").replace(
+        arch_kwargs={"width": 8, "enc_blk_nums": [1], "middle_blk_num": 1, "dec_blk_nums": [1]},
+        train_dir=str(train_dir), batch=2, crop=32, iters=3, warmup=1, val_images=1, val_crop=32, val_every=100,
+        log_every=1, prefetch=False, device="cpu")
+    first = tr.train(base.replace(out_dir=str(tmp_path / "a")), stream=None)
+    second = tr.train(base.replace(out_dir=str(tmp_path / "b"), init=str(first), iters=1), stream=None)
+    events = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "init" for e in events)
+    ckpt = tr._read_checkpoint(tmp_path / "a" / "checkpoint.safetensors")
+    assert ckpt["iteration"] == 3 and ckpt["model"] and ckpt["ema"]
+    exported = tr._read_checkpoint(first)
+    assert exported["model"].keys() == ckpt["model"].keys()
+    with safe_open(str(second), "pt") as f:
+        assert f.metadata()["iterations"] == "1"
 
 
 def test_lr_schedule_warmup_and_cosine() -> None:
