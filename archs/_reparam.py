@@ -27,6 +27,14 @@ class Reparameterizable(nn.Module):
         """Write the single conv equal to the training-time branches into the eval-mode conv."""
         raise NotImplementedError
 
+    def plain(self) -> nn.Module:
+        """The eval-mode module alone (a copy), for training the fused form directly."""
+        raise NotImplementedError(f"{type(self).__name__} has no plain form")
+
+    def load_plain(self, plain: nn.Module) -> None:
+        """Set the training branches so that they fuse to `plain` (a trained `plain()`), then fuse."""
+        raise NotImplementedError(f"{type(self).__name__} has no plain form")
+
     def train(self: _R, mode: bool = True) -> _R:
         super().train(mode)
         if not mode:
@@ -54,3 +62,38 @@ def set_fused(param: torch.Tensor, value: torch.Tensor) -> None:
     with another module.
     """
     param.data = value.to(device=param.device, dtype=param.dtype)
+
+
+def to_plain(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose re-parameterisable modules are replaced by their fused plain modules.
+
+    Training the fused form costs a fraction of the branches (SPAN: one 3x3 conv instead of a 1x1-3x3-1x1 chain of
+    twice the width), which is what makes fine-tuning on a CPU practical. `from_plain` maps the result back.
+    """
+    import copy
+
+    model = copy.deepcopy(model).eval()  # eval: every module fused
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Reparameterizable):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.plain())
+    return model.train()
+
+
+def from_plain(model: nn.Module, plain: nn.Module) -> nn.Module:
+    """Load a `to_plain` model's trained weights back into `model` (same architecture, branch form): each
+    re-parameterisable module gets branches that fuse to its plain counterpart; everything else is copied."""
+    plain_modules = dict(plain.named_modules())
+    rep_names = [n for n, m in model.named_modules() if isinstance(m, Reparameterizable)]
+    with torch.no_grad():
+        for name in rep_names:
+            module = model.get_submodule(name)
+            assert isinstance(module, Reparameterizable)
+            module.load_plain(plain_modules[name])
+        skip = tuple(n + "." for n in rep_names)
+        own = model.state_dict()
+        for key, value in plain.state_dict().items():
+            if not key.startswith(skip):
+                own[key].copy_(value)
+    return model

@@ -60,6 +60,27 @@ class Conv3XC(Reparameterizable):
             set_fused(self.eval_conv.weight, weight)
             set_fused(self.eval_conv.bias, bias)
 
+    def plain(self) -> nn.Module:
+        conv = nn.Conv2d(self.eval_conv.in_channels, self.eval_conv.out_channels, 3, padding=1)
+        conv.load_state_dict(self.eval_conv.state_dict())
+        return conv.to(self.eval_conv.weight.device)
+
+    def load_plain(self, plain: nn.Module) -> None:
+        """Branches that compose to exactly `plain`'s 3x3 conv: identity 1x1s around it, a zero skip."""
+        assert isinstance(plain, nn.Conv2d) and plain.bias is not None
+        w, b = plain.weight.detach(), plain.bias.detach()
+        c_out, c_in = w.shape[:2]
+        first, mid, last = self.conv
+        with torch.no_grad():
+            for m in (first, mid, last, self.sk):
+                m.weight.zero_()
+                m.bias.zero_()
+            first.weight[:c_in, :, 0, 0] = torch.eye(c_in, dtype=w.dtype, device=w.device)
+            mid.weight[:c_out, :c_in] = w
+            mid.bias[:c_out] = b
+            last.weight[:, :c_out, 0, 0] = torch.eye(c_out, dtype=w.dtype, device=w.device)
+        self.fuse()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.conv(F.pad(x, (1, 1, 1, 1))) + self.sk(x)

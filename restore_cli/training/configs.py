@@ -56,6 +56,7 @@ class TrainConfig:
     out_dir: str = "runs/train"
     export: str | None = None  # fp16 file; default <out_dir>/<name>.safetensors
     init: str | None = None  # continue from an earlier run's checkpoint.safetensors (model and EMA weights)
+    plain: bool = False  # train re-parameterisable modules in their fused form (cheap; exported as branches)
     device: str | None = None  # default: cuda if available
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -419,6 +419,11 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
         init = _read_checkpoint(Path(cfg.init)) if cfg.init else None
         if init is not None:
             model.load_state_dict(init["model"], strict=True)
+        arch_model = model  # the architecture as exported; `model` may become its plain (fused) training form
+        if cfg.plain:
+            from archs._reparam import to_plain
+
+            model = to_plain(model)
         model = model.to(device)
         n_params = sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
         log.event("start", f"{cfg.arch} {json.dumps(cfg.arch_kwargs)}: {n_params / 1e6:.3f} M params "
@@ -432,8 +437,9 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), **opt_kwargs)
         clip_groups = _clip_groups(model)
         ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-        if ema is not None and init is not None and init["ema"]:
-            ema.model.load_state_dict(init["ema"], strict=True)
+        if ema is not None and init is not None:
+            if init["ema"] and not cfg.plain:  # a plain run's average starts as its (initialised) copy
+                ema.model.load_state_dict(init["ema"], strict=True)
             ema.start = cfg.warmup  # the average is already warm: no bias correction from zero
         if init is not None:
             log.event("init", f"continuing from {cfg.init} (iteration {init['iteration']})", init=cfg.init,
@@ -543,6 +549,10 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
         val = validate(it)
         _checkpoint(model, ema, out_dir / "checkpoint.safetensors", it)
         final = ema.model if ema is not None else model
+        if cfg.plain:
+            from archs._reparam import from_plain
+
+            final = from_plain(arch_model.to(device), final)
         meta = {
             "format": "restore-cli weights v1",
             "name": cfg.name,
