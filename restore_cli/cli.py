@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,9 +36,12 @@ out = make_console()
 
 FORMATS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
 
-Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs.", show_default=False)]
+Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs.", show_default=False,
+                                             metavar="INPUTS")]
 Output = Annotated[Path | None, typer.Option("-o", "--output", help="Output folder [default: <input>_restored].")]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Preset name, weights file, or hf://owner/repo[/file][@rev].")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=(
+    "Preset name, family name (nafnet, ufpnet, span, ...: its best weights that can be had), weights file, or "
+    "hf://owner/repo[/file][@rev]."))]
 TileOpt = Annotated[str, typer.Option(help="Tile size: auto, 0 (whole image) or a size in pixels.")]
 OverlapOpt = Annotated[int, typer.Option(min=0, help="Overlap between tiles, in pixels.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")]
@@ -47,7 +51,8 @@ FormatOpt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp,
 SuffixOpt = Annotated[str, typer.Option(help="Appended to each output file name's stem.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write a JSON report here.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print failures and the summary only.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q",
+                     help="Print failures, the summary and family fallbacks only.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Use cached weights only (like HF_HUB_OFFLINE=1).")]
 QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")]
 SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output already exists.")]
@@ -286,7 +291,8 @@ def _list_degradations(value: bool) -> None:
 
 @app.command("eval")
 def eval_command(
-    folder: Annotated[Path, typer.Argument(help="Clean images (synthetic mode) or degraded inputs (with --targets).")],
+    folder: Annotated[Path, typer.Argument(help="Clean images (synthetic mode) or degraded inputs (with --targets).",
+                                           metavar="FOLDER")],
     model: ModelOpt = None,
     task: Annotated[str | None, typer.Option(help="Use this task's default model when --model is not given.")] = None,
     degradation: Annotated[str | None, typer.Option(help="Named, seeded degradation (see restore eval --list).")]
@@ -404,7 +410,7 @@ def models_list(task: Annotated[str | None, typer.Option(help="Only this task.")
               "had); `restore models info NAME` for details.")
 
 
-def _same_arch(arch: str) -> Any:
+def _same_arch(arch: str) -> Callable[[presets.Preset, str], bool]:
     """Filter for --arch: a preset matches by its arch name, its family, or the registry entry they name."""
     import archs
 
@@ -425,8 +431,8 @@ def _print_rows(rows: list[tuple[str, str]]) -> None:
 
 
 @models_app.command("info")
-def models_info(name: Annotated[str, typer.Argument(help="A preset name, or a family name (e.g. ufpnet, SPAN).")]
-                ) -> None:
+def models_info(name: Annotated[str, typer.Argument(help="A preset name, or a family name (e.g. ufpnet, SPAN).",
+                                                    metavar="NAME")]) -> None:
     """Everything about one preset, or the presets a family name would use and which one it uses now."""
     from . import resolve
 
@@ -470,7 +476,7 @@ def _family_info(family: presets.Family, cat: presets.Catalog) -> None:
 
 
 @models_app.command("download")
-def models_download(names: list[str]) -> None:
+def models_download(names: Annotated[list[str], typer.Argument(help="Preset names.", metavar="NAMES")]) -> None:
     """Fetch presets' weights into the cache for offline use."""
     from . import hub
 
@@ -487,7 +493,7 @@ def models_download(names: list[str]) -> None:
 
 
 @models_app.command("remove")
-def models_remove(names: list[str]) -> None:
+def models_remove(names: Annotated[list[str], typer.Argument(help="Preset names.", metavar="NAMES")]) -> None:
     """Delete presets' cached weights."""
     from . import hub
 
@@ -508,7 +514,7 @@ def main() -> None:
     except RestoreError as e:
         err.print(styled(("error:", "red"), f" {e}"), soft_wrap=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:  # older typer/click turn it into Abort themselves; this catches the rest
+    except KeyboardInterrupt:  # inside a command click handles Ctrl-C itself; this is one outside it
         err.print("interrupted")
         sys.exit(130)
     except Exception as e:

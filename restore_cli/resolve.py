@@ -189,8 +189,8 @@ def choose(family: Family, task: str | None, *, offline: bool = False, progress:
             path = hub.fetch_preset(preset, offline=offline, progress=progress)
         except WeightsError as e:
             reason = str(e)
-            short = (f"{name} not cached (offline)" if hub.is_offline(offline) and not was_cached
-                     else _short(name, reason))
+            offline_miss = hub.is_offline(offline) and not was_cached and preset.source.kind != "bundled"
+            short = f"{name} not cached (offline)" if offline_miss else _short(name, reason)
             skipped.append(Skip(preset, reason, short))
             continue
         how: Literal["bundled", "cached", "downloaded"] = (
