@@ -17,7 +17,7 @@ from torch import nn
 import archs
 from archs import ArchSpec
 
-from . import loading, presets
+from . import loading, presets, resolve
 from .engine.runner import Runner, RunStats, pick_device, pick_dtype
 from .errors import RestoreError, UsageError
 from .io.images import from_float, to_float
@@ -36,6 +36,8 @@ class LoadedModel:
     license: str = "unknown (local file)"
     description: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # How a family name was resolved (see resolve.py): `choice.note` is the line to show the user.
+    choice: resolve.Choice | None = None
 
     @property
     def module(self) -> nn.Module:
@@ -66,39 +68,58 @@ def _parse_tile(tile: TileArg) -> int | None:
     return tile
 
 
-def resolve_weights(model: str, *, task: str | None = None, offline: bool = False
-                    ) -> tuple[str, Path, str | None, dict[str, Any], presets.Preset | None]:
-    """model spec -> (display name, local weights path, arch or None to detect, kwargs, preset)."""
-    if model.startswith("hf://"):
-        from . import hub
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A --model value made concrete: a local weights file and what is known about it before reading it."""
 
+    name: str  # for display: the preset name, the file name or the hf:// URI
+    path: Path
+    arch: str | None  # None: detect from the state dict
+    kwargs: dict[str, Any]
+    preset: presets.Preset | None = None
+    choice: resolve.Choice | None = None  # set when a family name was resolved
+
+
+def resolve_weights(model: str, *, task: str | None = None, offline: bool = False) -> ResolvedWeights:
+    """Model spec -> local weights file. In this order: hf:// URI; weights file (by suffix, or an existing file);
+    preset name; family name (its best preset for `task` that can be had now, see resolve.py)."""
+    from . import hub
+
+    if model.startswith("hf://"):
         got = hub.fetch_hf_uri(model, offline=offline)
-        return model, got.path, got.arch, dict(got.kwargs or {}), None
+        return ResolvedWeights(model, got.path, got.arch, dict(got.kwargs or {}))
     path = Path(model).expanduser()
-    if path.suffix.lower() in loading.WEIGHT_SUFFIXES or path.exists():
+    if resolve.looks_like_file(model):
         if not path.is_file():
             raise UsageError(f"{model}: weights file not found")
-        return path.name, path, None, {}, None
+        return ResolvedWeights(path.name, path, None, {})
+    family = resolve.family_named(model)
+    if family is not None:
+        choice = resolve.choose(family, task, offline=offline)
+        p = choice.preset
+        return ResolvedWeights(p.name, choice.path, p.arch, dict(p.kwargs), p, choice)
+    if path.exists():  # a folder, say: not weights, and not a preset name either
+        raise UsageError(f"{model}: weights file not found")
     preset = presets.get(model)
     if task is not None and not preset.serves(task):
         raise UsageError(f"preset {preset.name} is a {preset.task} model, not {task}; see `restore models list`")
-    from . import hub
-
     weights = hub.fetch_preset(preset, offline=offline)
-    return preset.name, weights, preset.arch, dict(preset.kwargs), preset
+    return ResolvedWeights(preset.name, weights, preset.arch, dict(preset.kwargs), preset)
 
 
 def load_model(model: str | None = None, *, task: str | None = None, device: str = "auto",
                precision: str = "auto", tile: TileArg = "auto", overlap: int = 16, batch: int = 1,
                offline: bool = False) -> LoadedModel:
-    """Resolve a preset name / weights file / hf:// URI (or the task's default preset) and build the model."""
+    """Resolve a preset name / family name / weights file / hf:// URI (or the task's default preset) and build
+    the model. A family name needs `task` unless the family serves one task only."""
     if model is None:
         if task is None:
             raise UsageError("name a model or a task")
         model = presets.default_for(task).name
-    name, path, arch, kwargs, preset = resolve_weights(model, task=task, offline=offline)
+    got = resolve_weights(model, task=task, offline=offline)
+    name, path, preset = got.name, got.path, got.preset
     sd = loading.read_state_dict(path)
-    module = loading.build_from_state_dict(sd, where=str(path), arch=arch, kwargs=kwargs)
+    module = loading.build_from_state_dict(sd, where=str(path), arch=got.arch, kwargs=got.kwargs)
     spec = archs.spec(module.arch_id, **module.arch_kwargs)
     if spec.input_kind != "image":
         raise UsageError(f"{name} is a {spec.family} generator (its input is a latent code, not an image): "
@@ -110,7 +131,8 @@ def load_model(model: str | None = None, *, task: str | None = None, device: str
                     overlap=overlap, batch=batch)
     return LoadedModel(name=name, runner=runner, spec=spec, weights=path,
                        license=preset.license if preset else "unknown (local file)",
-                       description=preset.description if preset else "", kwargs=module.arch_kwargs)
+                       description=preset.description if preset else "", kwargs=module.arch_kwargs,
+                       choice=got.choice)
 
 
 # Runtime knobs some families expose as plain attributes (see each arch's docstring): CLI flag -> attribute.

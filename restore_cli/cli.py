@@ -7,34 +7,41 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import batch, presets
 from .errors import InterruptError, RestoreError, UsageError
 from .report import FileRecord, Reporter
+from .terminal import make_console, styled
 
 if TYPE_CHECKING:
     from .api import LoadedModel
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# Help texts are plain text (rich_markup_mode=None): "hf://owner/repo[/file][@rev]" and "[default: ...]" are
+# literal brackets, not rich tags; with markup on, help would drop or crash on them. Usage errors then print as
+# click prints them.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Batch image restoration: deblur, denoise, upscale, with seamless tiling.")
-models_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+models_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                          help="List, inspect, download and remove model presets.")
 app.add_typer(models_app, name="models")
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = make_console(stderr=True)
+out = make_console()
 
 FORMATS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
 
-Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs.", show_default=False)]
+Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs.", show_default=False,
+                                             metavar="INPUTS")]
 Output = Annotated[Path | None, typer.Option("-o", "--output", help="Output folder [default: <input>_restored].")]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Preset name, weights file, or hf://owner/repo[/file][@rev].")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=(
+    "Preset name, family name (nafnet, ufpnet, span, ...: its best weights that can be had), weights file, or "
+    "hf://owner/repo[/file][@rev]."))]
 TileOpt = Annotated[str, typer.Option(help="Tile size: auto, 0 (whole image) or a size in pixels.")]
 OverlapOpt = Annotated[int, typer.Option(min=0, help="Overlap between tiles, in pixels.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")]
@@ -44,7 +51,8 @@ FormatOpt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp,
 SuffixOpt = Annotated[str, typer.Option(help="Appended to each output file name's stem.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write a JSON report here.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print failures and the summary only.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q",
+                     help="Print failures, the summary and family fallbacks only.")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Use cached weights only (like HF_HUB_OFFLINE=1).")]
 QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")]
 SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output already exists.")]
@@ -69,7 +77,7 @@ class _GracefulStop:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        err.print("[yellow]stopping after the current tile (Ctrl-C again to stop now)[/yellow]")
+        err.print(styled(("stopping after the current tile (Ctrl-C again to stop now)", "yellow")))
 
     def __enter__(self) -> _GracefulStop:
         try:
@@ -100,15 +108,16 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
     loaded = api.load_model(model, task=task, device=device, precision=precision, tile=tile, overlap=overlap,
                             batch=batch_size, offline=offline)
     api.set_options(loaded, **(options or {}))
+    _say_choice(loaded, quiet=quiet)
     if not quiet:
-        err.print(f"[bold]{loaded.name}[/bold] ({loaded.spec.id}, x{loaded.spec.scale}, "
-                  f"{loaded.params / 1e6:.2f} M params, licence {loaded.license}) on {loaded.device} "
-                  f"{str(loaded.dtype).removeprefix('torch.')}, loaded in {time.perf_counter() - t0:.2f} s",
+        err.print(styled((loaded.name, "bold"), f" ({loaded.spec.id}, x{loaded.spec.scale}, "
+                         f"{loaded.params / 1e6:.2f} M params, licence {loaded.license}) on {loaded.device} "
+                         f"{str(loaded.dtype).removeprefix('torch.')}, loaded in {time.perf_counter() - t0:.2f} s"),
                   soft_wrap=True)
     limit = images.DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None)
     inputs_resolved = {j.source.resolve() for j in jobs}
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=err, transient=True, disable=quiet or len(jobs) < 2)
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=err, transient=True, disable=quiet or len(jobs) < 2)
     reporter = Reporter(quiet=quiet, console=progress.console)
     interrupted = False
     with progress, _GracefulStop() as stop:
@@ -134,6 +143,14 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
     if interrupted:
         return 130
     return 1 if any(r.status == "failed" for r in reporter.records) else 0
+
+
+def _say_choice(loaded: LoadedModel, *, quiet: bool) -> None:
+    """The one line saying which preset a family name resolved to. Quiet runs still get it when it is a fallback:
+    the weights used are not the best ones the name stands for, which changes what the outputs look like."""
+    choice = loaded.choice
+    if choice is not None and (not quiet or choice.fallback):
+        err.print(styled((choice.note, "yellow" if choice.fallback else "")), soft_wrap=True)
 
 
 def _one(job: batch.Job, loaded: LoadedModel, *, fmt: str | None, suffix: str, quality: int,
@@ -261,9 +278,21 @@ def doctor(build: Annotated[bool, typer.Option("--build", help="Compile every CU
 
 
 # -- eval -------------------------------------------------------------------------------------------------------
+def _list_degradations(value: bool) -> None:
+    # Eager: runs while parsing, before click asks for FOLDER, so `restore eval --list` needs nothing else.
+    if not value:
+        return
+    from .training import degrade
+
+    for name, d in degrade.DEGRADATIONS.items():
+        out.print(f"{name:18} {d.task:8} x{d.scale}  {d.description}", soft_wrap=True)
+    raise typer.Exit(0)
+
+
 @app.command("eval")
 def eval_command(
-    folder: Annotated[Path, typer.Argument(help="Clean images (synthetic mode) or degraded inputs (with --targets).")],
+    folder: Annotated[Path, typer.Argument(help="Clean images (synthetic mode) or degraded inputs (with --targets).",
+                                           metavar="FOLDER")],
     model: ModelOpt = None,
     task: Annotated[str | None, typer.Option(help="Use this task's default model when --model is not given.")] = None,
     degradation: Annotated[str | None, typer.Option(help="Named, seeded degradation (see restore eval --list).")]
@@ -274,27 +303,27 @@ def eval_command(
     crop: Annotated[int | None, typer.Option(help="Centre-crop clean images to N x N first.")] = None,
     json_path: JsonOpt = None, tile: TileOpt = "auto", precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
     offline: OfflineOpt = False,
-    list_degradations: Annotated[bool, typer.Option("--list", help="List the named degradations and exit.")] = False,
+    list_degradations: Annotated[bool, typer.Option("--list", is_eager=True, callback=_list_degradations,
+                                                    help="List the named degradations and exit.")] = False,
 ) -> None:
     """PSNR / SSIM of a model against its degraded input (bicubic for SR): RGB for restoration, Y for SR."""
-    from . import api, evaluate
+    from . import api, evaluate, resolve
     from .complexity import macs_per_megapixel
     from .training import degrade
 
-    if list_degradations:
-        for name, d in degrade.DEGRADATIONS.items():
-            out.print(f"{name:18} {d.task:8} x{d.scale}  {d.description}", soft_wrap=True)
-        raise typer.Exit(0)
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such folder")
     if targets is None and degradation is None:
         raise UsageError("name a --degradation (see --list) or give --targets")
     if degradation is not None and degradation not in degrade.DEGRADATIONS:
         raise UsageError(f"unknown degradation {degradation!r}; known: {', '.join(degrade.DEGRADATIONS)}")
-    if model is None and task is None and degradation is not None:
+    if task is None and degradation is not None:
         task = degrade.DEGRADATIONS[degradation].task
-    loaded = api.load_model(model, task=task if model is None else None, device=device, precision=precision,
+    # The task picks the default model, or a family's preset; a preset or file is scored on whatever it is given.
+    by_task = model is None or resolve.family_named(model) is not None
+    loaded = api.load_model(model, task=task if by_task else None, device=device, precision=precision,
                             tile=tile, offline=offline)
+    _say_choice(loaded, quiet=False)
 
     def restore_fn(img: Any) -> Any:
         return api.restore_image(loaded, img)[0]
@@ -339,20 +368,12 @@ def _params(p: presets.Preset) -> int | None:
         return None
 
 
-def _available(p: presets.Preset) -> str:
-    from . import hub, urls
-
-    if p.source.kind == "url" and urls.is_manual(p.source):
-        return "manual"
-    return "yes" if hub.is_cached(p.source) else "no"
-
-
 def _source_text(p: presets.Preset) -> str:
     s = p.source
     if s.kind == "hf":
-        return f"hf:{s.repo}/{s.filename}@{(s.revision or '')[:10]}"
+        return f"hf://{s.repo}/{s.filename}@{(s.revision or '')[:10]}"
     if s.kind == "bundled":
-        return "bundled"
+        return f"bundled {s.filename}"
     return s.url or "url"
 
 
@@ -365,31 +386,67 @@ def models_main(ctx: typer.Context) -> None:
 
 @models_app.command("list")
 def models_list(task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
-                arch: Annotated[str | None, typer.Option(help="Only this architecture.")] = None) -> None:
-    """List presets: name, task, arch, scale, params, weights licence, source, available locally."""
-    table = Table(show_edge=False, pad_edge=False)
-    for col in ("name", "task", "arch", "scale", "params", "licence", "source", "local"):
+                arch: Annotated[str | None, typer.Option(help="Only this architecture or family.")] = None) -> None:
+    """List presets: name, task (and scale), family (also a --model value), weights licence, where the weights
+    are (bundled, cached, downloadable, manual download, offline)."""
+    from . import resolve
+
+    cat = presets.catalog()
+    # Narrow columns, one space apart, so a row fits 80 terminal columns; `models info` has the long licence,
+    # the source and the parameter count.
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 1, 0, 0))
+    for col in ("name", "task", "family", "licence", "weights"):
         table.add_column(col, overflow="fold")
-    _, defaults = presets._load(presets.weights_toml_path())
-    default_names = set(defaults.values())
-    for p in presets.all_presets().values():
-        if (task and not p.serves(task)) or (arch and arch.lower() != p.arch.lower()):
+    default_names = set(cat.defaults.values())
+    wanted = _same_arch(arch) if arch else None
+    for p in cat.presets.values():
+        family = resolve.family_label(p, cat)
+        if (task and not p.serves(task)) or (wanted and not wanted(p, family)):
             continue
-        n = _params(p)
-        table.add_row(p.name + (" *" if p.name in default_names else ""), p.task, p.arch, f"x{p.scale}",
-                      f"{n / 1e6:.2f} M" if n else "?", p.license, _source_text(p), _available(p))
+        table.add_row(p.name + (" *" if p.name in default_names else ""),
+                      p.task + (f" x{p.scale}" if p.scale != 1 else ""), family, p.short_license, resolve.status(p))
     out.print(table)
-    out.print("* default for its task")
+    out.print("* default for its task. --model takes a preset name or a family name (its best weights that can be "
+              "had); `restore models info NAME` for details.")
+
+
+def _same_arch(arch: str) -> Callable[[presets.Preset, str], bool]:
+    """Filter for --arch: a preset matches by its arch name, its family, or the registry entry they name."""
+    import archs
+
+    def entry_id(name: str) -> str | None:
+        try:
+            return archs.entry(name).id
+        except KeyError:
+            return None
+
+    want = arch.lower()
+    want_id = entry_id(arch)
+    return lambda p, family: want in (p.arch.lower(), family) or (want_id is not None and want_id == entry_id(p.arch))
+
+
+def _print_rows(rows: list[tuple[str, str]]) -> None:
+    for k, v in rows:
+        out.print(styled((f"{k:12}", "bold"), f" {v}"), soft_wrap=True)
 
 
 @models_app.command("info")
-def models_info(name: str) -> None:
-    """Everything about one preset."""
+def models_info(name: Annotated[str, typer.Argument(help="A preset name, or a family name (e.g. ufpnet, SPAN).",
+                                                    metavar="NAME")]) -> None:
+    """Everything about one preset, or the presets a family name would use and which one it uses now."""
+    from . import resolve
+
+    cat = presets.catalog()
+    family = None if name in cat.presets else resolve.find_family(name, cat)
+    if family is not None:
+        _family_info(family, cat)
+        return
     p = presets.get(name)
     n = _params(p)
-    rows = [("name", p.name), ("task", ", ".join((p.task, *p.tasks))), ("arch", p.arch), ("kwargs", str(p.kwargs)),
-            ("scale", f"x{p.scale}"), ("params", f"{n:,}" if n else "?"), ("licence", p.license),
-            ("description", p.description), ("source", p.source.kind)]
+    rows = [("name", p.name), ("task", ", ".join((p.task, *p.tasks))), ("arch", p.arch),
+            ("family", resolve.family_label(p, cat)), ("kwargs", str(p.kwargs)), ("scale", f"x{p.scale}"),
+            ("params", f"{n:,}" if n else "?"), ("licence", p.license), ("description", p.description),
+            ("source", p.source.kind)]
     s = p.source
     rows += [(k, v) for k, v in (("repo", s.repo), ("file", s.filename), ("revision", s.revision),
                                  ("sha256", s.sha256), ("url", s.url), ("note", s.note)) if v]
@@ -399,13 +456,33 @@ def models_info(name: str) -> None:
         seen = urls.recorded(s)
         rows.append(("sha256", f"{seen['sha256']} (unpinned: recorded on first download, {seen.get('date')})"
                      if seen else "unpinned (recorded on first download)"))
-    rows.append(("available", _available(p)))
-    for k, v in rows:
-        out.print(f"[bold]{k:12}[/bold] {v}", soft_wrap=True)
+    rows.append(("available", resolve.status(p)))
+    _print_rows(rows)
+
+
+def _family_info(family: presets.Family, cat: presets.Catalog) -> None:
+    from . import resolve
+
+    spellings = [n for n in resolve.arch_names(family, cat) if n.lower() != family.name]
+    _print_rows([("family", family.name), ("tasks", ", ".join(family.tasks)),
+                 ("also named", ", ".join(spellings) or "-")])
+    for task in family.tasks:
+        out.print(styled((f"\n{task}", "bold"), f": restore {task} ... --model {family.name} tries, best first:"))
+        chosen = False
+        for c in resolve.candidates(family, task, catalog=cat):
+            mark = ""
+            if c.usable and not chosen:
+                chosen = True
+                mark = "  <- used now" if c.status != "downloadable" else "  <- downloaded and used now"
+            out.print(styled(f"  {c.preset.name:28} {c.status:12} {c.preset.short_license:10} "
+                             f"{_source_text(c.preset)}", (mark, "bold")), soft_wrap=True)
+        if not chosen:
+            out.print("  nothing usable now: download one of these (`restore models info PRESET` says where)",
+                      soft_wrap=True)
 
 
 @models_app.command("download")
-def models_download(names: list[str]) -> None:
+def models_download(names: Annotated[list[str], typer.Argument(help="Preset names.", metavar="NAMES")]) -> None:
     """Fetch presets' weights into the cache for offline use."""
     from . import hub
 
@@ -414,15 +491,15 @@ def models_download(names: list[str]) -> None:
         p = presets.get(name)
         try:
             path = hub.fetch_preset(p, offline=False, progress=True)
-            out.print(f"{name}: {path}")
+            out.print(f"{name}: {path}", soft_wrap=True)
         except RestoreError as e:
-            err.print(f"[red]{name}[/red]: {e}", soft_wrap=True)
+            err.print(styled((name, "red"), f": {e}"), soft_wrap=True)
             failed += 1
     raise typer.Exit(1 if failed else 0)
 
 
 @models_app.command("remove")
-def models_remove(names: list[str]) -> None:
+def models_remove(names: Annotated[list[str], typer.Argument(help="Preset names.", metavar="NAMES")]) -> None:
     """Delete presets' cached weights."""
     from . import hub
 
@@ -436,27 +513,20 @@ def models_remove(names: list[str]) -> None:
 def main() -> None:
     """Console entry point: user errors become one line and an exit code, never a traceback."""
     try:
-        # Without standalone mode, click hands back the code of typer.Exit instead of raising it.
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
+        # Standalone mode: click itself prints command-line mistakes (usage, "Error: ...", exit 2) and exits with
+        # the code of typer.Exit; what reaches us is ours (RestoreError) or a bug. Catching click's exceptions
+        # here instead would tie us to one click: typer 0.29 vendors its own copy, older typer uses click.
+        app()
     except RestoreError as e:
-        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        err.print(styled(("error:", "red"), f" {e}"), soft_wrap=True)
         sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # inside a command click handles Ctrl-C itself; this is one outside it
         err.print("interrupted")
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here with standalone_mode=False
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
+    except Exception as e:
         if os.environ.get("RESTORE_DEBUG"):
             raise
-        err.print(f"[red]internal error:[/red] {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                  "(set RESTORE_DEBUG=1 for the traceback)", soft_wrap=True)
+        first = str(e).splitlines()[0] if str(e) else ""
+        err.print(styled(("internal error:", "red"), f" {type(e).__name__}: {first} "
+                         "(set RESTORE_DEBUG=1 for the traceback)"), soft_wrap=True)
         sys.exit(1)

@@ -7,6 +7,7 @@ under which licence it may be used.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -55,6 +56,28 @@ class Preset:
     def serves(self, task: str) -> bool:
         return task == self.task or task in self.tasks
 
+    @property
+    def short_license(self) -> str:
+        """The licence in a dozen characters for tables ("MIT", "Apache-2.0", "APL-NC"); details stay in license."""
+        head = re.split(r" \(|[:;]", self.license, maxsplit=1)[0].strip()
+        if len(head) <= 12:
+            return head
+        # Long names become their initials: "Academic Public License (non-commercial)" -> "APL-NC".
+        short = "".join(w[0] for w in head.split() if w[0].isupper())
+        return short + ("-NC" if "non-commercial" in self.license.lower() else "")
+
+
+@dataclass(frozen=True)
+class Family:
+    """A name that stands for "this architecture's recommended weights": per task, presets best first."""
+
+    name: str
+    chains: dict[str, tuple[str, ...]]
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.chains)
+
 
 def weights_toml_path() -> Path:
     """The package's weights.toml, or the file named by RESTORE_PRESETS (your own presets)."""
@@ -62,50 +85,161 @@ def weights_toml_path() -> Path:
     return Path(override).expanduser() if override else PACKAGE_DIR / "weights.toml"
 
 
-def _parse_source(name: str, raw: dict[str, Any]) -> Source:
-    if "hf" in raw:
-        for key in ("filename", "revision"):
-            if key not in raw:
-                raise ValueError(f"preset {name}: hf source needs {key!r}")
-        return Source("hf", repo=raw["hf"], filename=raw["filename"], revision=raw["revision"],
-                      sha256=raw.get("sha256"), note=raw.get("note"))
-    if "bundled" in raw:
-        return Source("bundled", filename=raw["bundled"], sha256=raw.get("sha256"), note=raw.get("note"))
-    if "url" in raw:
-        return Source("url", url=raw["url"], filename=raw.get("filename"), sha256=raw.get("sha256"),
-                      note=raw.get("note"))
-    raise ValueError(f"preset {name}: source needs one of hf, bundled, url")
+_SOURCE_KEYS = ("hf", "bundled", "url", "filename", "revision", "sha256", "note")
+_PRESET_HINT = "each preset needs task, arch, license, description and source"
+
+
+class _Reader:
+    """Typed access to one TOML table; every problem is a UsageError naming the file and the dotted key."""
+
+    def __init__(self, path: Path, where: str, raw: object) -> None:
+        self.path, self.where = path, where
+        if not isinstance(raw, dict):
+            raise self.error(where, f"must be a table, not {_kind(raw)}")
+        self.raw: dict[str, Any] = raw
+
+    def error(self, key: str, problem: str) -> UsageError:
+        return UsageError(f"{self.path}: {key}: {problem}")
+
+    def get(self, key: str, kind: type, *, required: bool = True, hint: str = "") -> Any:
+        where = f"{self.where}.{key}"
+        if key not in self.raw:
+            if required:
+                raise self.error(where, "missing" + (f" ({hint})" if hint else ""))
+            return None
+        value = self.raw[key]
+        # bool is an int subclass in Python, but `scale = true` is a mistake
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(where, f"must be {_KINDS.get(kind, kind.__name__)}, not {_kind(value)}")
+        return value
+
+    def string(self, key: str, *, required: bool = True, hint: str = "") -> Any:
+        value = self.get(key, str, required=required, hint=hint)
+        if value is not None and not value.strip():
+            raise self.error(f"{self.where}.{key}", "must not be empty")
+        return value
+
+    def task(self, key: str, value: object) -> str:
+        if value not in TASKS:
+            raise self.error(key, f"unknown task {value!r}; tasks: {', '.join(TASKS)}")
+        return str(value)
+
+    def names(self, key: str) -> tuple[str, ...]:
+        """A list of strings (e.g. `also`, a family's chain); absent -> ()."""
+        value = self.get(key, list, required=False)
+        if value is None:
+            return ()
+        for item in value:
+            if not isinstance(item, str):
+                raise self.error(f"{self.where}.{key}", f"must be a list of strings, not one holding {_kind(item)}")
+        return tuple(value)
+
+
+_KINDS = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", dict: "a table", list: "a list"}
+
+
+def _kind(value: object) -> str:
+    """'an integer (3)': what a TOML value is, for messages (its repr cut short)."""
+    return f"{_KINDS.get(type(value), type(value).__name__)} ({value!r:.60})"
+
+
+def _parse_source(r: _Reader) -> Source:
+    for key in _SOURCE_KEYS:
+        r.string(key, required=False)
+    if "hf" in r.raw:
+        hint = "an hf source names filename and revision"
+        return Source("hf", repo=r.string("hf"), filename=r.string("filename", hint=hint),
+                      revision=r.string("revision", hint=hint), sha256=r.string("sha256", required=False),
+                      note=r.string("note", required=False))
+    if "bundled" in r.raw:
+        return Source("bundled", filename=r.string("bundled"), sha256=r.string("sha256", required=False),
+                      note=r.string("note", required=False))
+    if "url" in r.raw:
+        return Source("url", url=r.string("url"), filename=r.string("filename", required=False),
+                      sha256=r.string("sha256", required=False), note=r.string("note", required=False))
+    raise r.error(r.where, "needs one of hf, bundled, url")
+
+
+def _parse_preset(path: Path, name: str, raw: object) -> Preset:
+    r = _Reader(path, f"presets.{name}", raw)
+    scale = r.get("scale", int, required=False)
+    if scale is not None and scale < 1:
+        raise r.error(f"{r.where}.scale", f"must be 1 or more, not {scale}")
+    return Preset(
+        name=name,
+        task=r.task(f"{r.where}.task", r.string("task", hint=_PRESET_HINT)),
+        tasks=tuple(r.task(f"{r.where}.also", t) for t in r.names("also")),
+        arch=r.string("arch", hint=_PRESET_HINT),
+        kwargs=dict(r.get("kwargs", dict, required=False) or {}),
+        source=_parse_source(_Reader(path, f"{r.where}.source", r.get("source", dict, hint=_PRESET_HINT))),
+        scale=scale or 1,
+        license=r.string("license", hint=_PRESET_HINT),
+        description=r.string("description", hint=_PRESET_HINT),
+    )
+
+
+def _parse_family(path: Path, name: str, raw: object, presets: dict[str, Preset]) -> Family:
+    r = _Reader(path, f"families.{name}", raw)
+    chains: dict[str, tuple[str, ...]] = {}
+    for task in r.raw:
+        where = f"{r.where}.{task}"
+        r.task(where, task)
+        chain = r.names(task)
+        if not chain:
+            raise r.error(where, "must list at least one preset")
+        for preset in chain:
+            if preset not in presets:
+                raise r.error(where, f"unknown preset {preset!r}")
+            if not presets[preset].serves(task):
+                raise r.error(where, f"preset {preset} is a {presets[preset].task} model, not {task}")
+        chains[task] = chain
+    if not chains:
+        raise r.error(r.where, f"lists no task; give one or more of {', '.join(TASKS)}")
+    return Family(name=name, chains=chains)
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: one parsed file, cached per path
+class Catalog:
+    """Everything weights.toml says: presets by name, the default preset per task, families by name."""
+
+    presets: dict[str, Preset]
+    defaults: dict[str, str]
+    families: dict[str, Family]
+
+
+def catalog(path: Path | None = None) -> Catalog:
+    """Parse and check a presets file (default: weights_toml_path()); any mistake is a UsageError naming file
+    and key, so a broken RESTORE_PRESETS file reads as a usage problem, never as an internal error."""
+    return _catalog(path or weights_toml_path())
 
 
 @lru_cache(maxsize=4)
-def _load(path: Path) -> tuple[dict[str, Preset], dict[str, str]]:
+def _catalog(path: Path) -> Catalog:
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"{path}: cannot read presets ({e})") from None
-    presets: dict[str, Preset] = {}
-    for name, raw in data.get("presets", {}).items():
-        presets[name] = Preset(
-            name=name,
-            task=raw["task"],
-            tasks=tuple(raw.get("also", ())),
-            arch=raw["arch"],
-            kwargs=dict(raw.get("kwargs", {})),
-            source=_parse_source(name, raw["source"]),
-            scale=int(raw.get("scale", 1)),
-            license=raw["license"],
-            description=raw["description"],
-        )
-    defaults = dict(data.get("defaults", {}))
-    for task, name in defaults.items():
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read presets ({e.strerror or e})") from None
+    top = _Reader(path, "(top level)", data)
+    presets = {name: _parse_preset(path, name, raw)
+               for name, raw in (top.get("presets", dict, required=False) or {}).items()}
+    defaults: dict[str, str] = {}
+    table = _Reader(path, "defaults", top.get("defaults", dict, required=False) or {})
+    for task in table.raw:
+        r_task = table.task(f"defaults.{task}", task)
+        name = table.string(task)
         if name not in presets:
-            raise ValueError(f"weights.toml: default for {task} names unknown preset {name!r}")
-    return presets, defaults
+            raise table.error(f"defaults.{task}", f"names unknown preset {name!r}")
+        defaults[r_task] = name
+    families = {name.lower(): _parse_family(path, name.lower(), raw, presets)
+                for name, raw in (top.get("families", dict, required=False) or {}).items()}
+    return Catalog(presets, defaults, families)
 
 
 def all_presets(path: Path | None = None) -> dict[str, Preset]:
-    return _load(path or weights_toml_path())[0]
+    return catalog(path).presets
 
 
 def get(name: str, path: Path | None = None) -> Preset:
@@ -118,7 +252,7 @@ def get(name: str, path: Path | None = None) -> Preset:
 
 
 def default_for(task: str, path: Path | None = None) -> Preset:
-    presets, defaults = _load(path or weights_toml_path())
-    if task not in defaults:
+    cat = catalog(path)
+    if task not in cat.defaults:
         raise UsageError(f"no default model for task {task!r}; pass --model")
-    return presets[defaults[task]]
+    return cat.presets[cat.defaults[task]]

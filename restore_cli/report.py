@@ -11,6 +11,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from .terminal import make_console, styled
 
 
 @dataclass
@@ -51,7 +54,7 @@ def _info_text(infos: list[dict[str, Any]]) -> str:
                 values.append(text)
         shown = ", ".join(values[:4]) + (", ..." if len(values) > 4 else "")
         parts.append(f"{key} {shown}")
-    return "  [cyan]" + "; ".join(parts)[:160] + "[/cyan]"
+    return "; ".join(parts)[:160]
 
 
 class Reporter:
@@ -59,7 +62,7 @@ class Reporter:
 
     def __init__(self, *, quiet: bool = False, console: Console | None = None) -> None:
         self.quiet = quiet
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or make_console(stderr=True)
         self.records: list[FileRecord] = []
         self.started = time.perf_counter()
 
@@ -67,18 +70,22 @@ class Reporter:
         self.records.append(rec)
         if self.quiet and rec.status != "failed":
             return
+        # File names and errors are printed as they are (Text pieces): a '[' in a name is not markup.
         if rec.status == "failed":
-            self.console.print(f"[red]failed[/red] {rec.input}: {rec.error}", soft_wrap=True)
+            self.console.print(styled(("failed", "red"), f" {rec.input}: {rec.error}"), soft_wrap=True)
         elif rec.status == "skipped":
-            self.console.print(f"[dim]skipped {rec.input} ({rec.error})[/dim]", soft_wrap=True)
+            self.console.print(styled((f"skipped {rec.input} ({rec.error})", "dim")), soft_wrap=True)
         else:
             (w, h), (ow, oh) = rec.size_in or (0, 0), rec.size_out or (0, 0)
-            self.console.print(
+            line = styled(
                 f"{rec.input}  {w}x{h} -> {ow}x{oh}  decode {rec.decode_ms:.0f} ms  infer {rec.infer_ms:.0f} ms"
                 f"  encode {rec.encode_ms:.0f} ms  {rec.megapixels_per_s:.2f} MP/s"
-                + (f"  tile {rec.tile}x{rec.tiles}" if rec.tile else "")
-                + "".join(f"  [yellow]{n}[/yellow]" for n in rec.notes) + _info_text(rec.model_info),
-                soft_wrap=True, markup=True)
+                + (f"  tile {rec.tile}x{rec.tiles}" if rec.tile else ""),
+                *((f"  {n}", "yellow") for n in rec.notes))
+            info = _info_text(rec.model_info)
+            if info:
+                line.append(f"  {info}", "cyan")
+            self.console.print(line, soft_wrap=True)
 
     def totals(self) -> dict[str, Any]:
         ok = [r for r in self.records if r.status == "ok"]
@@ -101,7 +108,7 @@ class Reporter:
             table.add_column("file", overflow="fold")
             table.add_column("reason", overflow="fold")
             for r in failed:
-                table.add_row(r.input, r.error or "")
+                table.add_row(Text(r.input), Text(r.error or ""))
             self.console.print(table)
         head = "interrupted: " if interrupted else ""
         self.console.print(
