@@ -112,15 +112,16 @@ def test_download_offline_run_and_remove(env: Env) -> None:
 def test_list_and_info_in_process(env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
                                   ) -> None:
     """What `models list` shows in its "local" column and `models info` for an unpinned url preset."""
-    from restore_cli import cli, hub, presets
+    from restore_cli import cli, hub, presets, resolve
 
     for key in ("RESTORE_PRESETS", "RESTORE_CACHE_DIR", "RESTORE_GDRIVE_ENDPOINT"):
         monkeypatch.setenv(key, env.vars[key])
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     found = presets.all_presets()
-    assert {n: cli._available(p) for n, p in found.items()} == {
-        "gh-span": "no", "drive-span": "no", "bad-sha": "no", "baidu-span": "manual"}
+    assert {n: resolve.status(p) for n, p in found.items()} == {
+        "gh-span": "downloadable", "drive-span": "downloadable", "bad-sha": "downloadable", "baidu-span": "manual"}
     hub.fetch_preset(found["drive-span"], progress=False)
-    assert cli._available(found["drive-span"]) == "yes"
+    assert resolve.status(found["drive-span"]) == "cached"
     capsys.readouterr()
     cli.models_info("drive-span")
     assert f"{sha256(env.data)} (unpinned: recorded on first download" in capsys.readouterr().out

@@ -138,7 +138,7 @@ kwargs = {{ feature_channels = 48, upscale = 4 }}
 scale = 4
 license = "Apache-2.0"
 description = "published weights on a host that needs a manual download"
-source = {{ url = "https://example.org/spanx4.pth", filename = "spanx4.pth" }}
+source = {{ url = "https://pan.baidu.com/s/spanx4", filename = "spanx4.pth" }}
 
 [presets.span-bundled]
 task = "upscale"
@@ -155,7 +155,7 @@ arch = "plksr"
 scale = 4
 license = "MIT"
 description = "no bundled fallback"
-source = {{ url = "https://example.org/plksr.pth", filename = "PLKSR_X4.pth" }}
+source = {{ url = "https://pan.baidu.com/s/plksr", filename = "PLKSR_X4.pth" }}
 
 [families.span]
 upscale = ["span-official", "span-elsewhere", "span-bundled"]
@@ -170,7 +170,7 @@ arch = "SPAN"
 scale = 4
 license = "MIT"
 description = "a preset named like a family"
-source = { url = "https://example.org/x.pth" }
+source = { url = "https://pan.baidu.com/s/x" }
 """
 
 
@@ -351,7 +351,8 @@ def test_ufpnet_family_deblurs_the_samples_offline(tmp_path: Path) -> None:
     (["upscale", "{img}", "--model", "ufpnet"], 2, "ufpnet has no upscale model; it serves deblur"),
     (["deblur", "{img}", "--model", "span"], 2, "span has no deblur model; it serves upscale"),
     (["upscale", "{img}", "--model", "plksr"], 1,
-     "plksr: no upscale weights available: plksr-x4 cannot be downloaded automatically"),
+     "plksr: no upscale weights available: plksr-x4 is not in the download cache and offline mode is on; "
+     "run `restore models download plksr-x4`"),
     (["upscale", "{img}", "--model", "gfisrv2"], 2, "gfisrv2 is a GFISRV2 architecture without recommended presets"),
     (["upscale", "{img}", "--model", "no-such-family"], 2, "unknown model preset"),
 ])
