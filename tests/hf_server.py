@@ -25,11 +25,12 @@ import hashlib
 import json
 import re
 import socket
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from tests.local_server import LocalServer, closed_port
 
 
 @dataclass(frozen=True)
@@ -53,21 +54,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def closed_port() -> int:
-    """A local port with nothing listening (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
-
-class FakeHub:
+class FakeHub(LocalServer):
     def __init__(self) -> None:
+        super().__init__()
         self.repos: dict[str, _Repo] = {}
-        self.requests: list[Request] = []
         self.cut_plan: list[int] = []
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- content ------------------------------------------------------------------------------------------------
 
@@ -94,32 +86,6 @@ class FakeHub:
         with self._lock:
             return sum(1 for r in self.requests if (method is None or r.method == method) and contains in r.path)
 
-    def clear(self) -> None:
-        with self._lock:
-            self.requests.clear()
-
-    # -- lifecycle ----------------------------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> FakeHub:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.hub = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
     # -- routing (called from handler threads) ------------------------------------------------------------------
 
@@ -151,7 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     @property
     def hub(self) -> FakeHub:
-        return self.server.hub  # type: ignore[attr-defined,no-any-return]
+        return self.server.owner  # type: ignore[attr-defined,no-any-return]
 
     def log_message(self, format: str, *args: object) -> None:  # quiet test output
         pass
@@ -269,3 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body and not head and self.command != "HEAD":  # a HEAD answer has headers only
             self.wfile.write(body)
+
+
+FakeHub.handler = _Handler
+__all__ = ["FakeHub", "closed_port", "sha256"]

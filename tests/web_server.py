@@ -23,11 +23,12 @@ import html
 import itertools
 import re
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from tests.local_server import LocalServer, closed_port
 
 
 @dataclass(frozen=True)
@@ -53,22 +54,13 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def closed_port() -> int:
-    """A local port with nothing listening (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
-
-class WebServer:
+class WebServer(LocalServer):
     def __init__(self) -> None:
+        super().__init__()
         self.routes: dict[str, Route] = {}
-        self.requests: list[Request] = []
         self.cut_plan: list[int] = []
         self.honour_range = True
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- content ------------------------------------------------------------------------------------------------
 
@@ -97,32 +89,6 @@ class WebServer:
         with self._lock:
             return [r for r in self.requests if contains in r.path][-1]
 
-    def clear(self) -> None:
-        with self._lock:
-            self.requests.clear()
-
-    # -- lifecycle ----------------------------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start the server first (with ...)"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> WebServer:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.web = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
     # -- called from handler threads ----------------------------------------------------------------------------
 
@@ -143,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        web: WebServer = self.server.web  # type: ignore[attr-defined]
+        web: WebServer = self.server.owner  # type: ignore[attr-defined]
         split = urlsplit(self.path)
         request = Request("GET", split.path, dict(parse_qsl(split.query)),
                           {k.lower(): v for k, v in self.headers.items()})
@@ -310,3 +276,7 @@ class FakeDrive:
         disposition = f"attachment; filename=\"{name}\"; filename*=UTF-8''{name}"
         return Reply(200, {"Content-Type": "application/octet-stream", "Content-Disposition": disposition},
                      data, content=True)
+
+
+WebServer.handler = _Handler
+__all__ = ["FakeDrive", "WebServer", "closed_port", "github_asset", "sha256"]
