@@ -1,6 +1,6 @@
 """CPU speed of every bundled model: one 256x256 photo crop through the public API on 2 threads.
 
-    PYTHONPATH=. python bench/cpu_bundled.py [--threads 2] [--size 256] [--repeat 5] [--out bench/results]
+    python -m bench.cpu_bundled [--threads 2] [--size 256] [--repeat 5] [--out bench/results]
 
 Each row is the median of `repeat` timed calls of `restore_image` (uint8 in, uint8 out: conversions count) after one
 warm-up call, with the whole image as one tile (as the CLI runs a 256px image), plus the user CPU seconds the
