@@ -178,10 +178,14 @@ class code_extra_mean_var(nn.Module):  # noqa: N801 - upstream name
 
 
 def _dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """A linear layer over dim 1: rows (N, F) or feature maps (B, F, L), the latter as a 1x1 convolution."""
+    """A linear layer over dim 1: rows (N, F) or feature maps (B, F, L), the latter as a batched matrix product
+    (about twice as fast on a CPU as the equivalent 1x1 convolution for these thin, long maps)."""
     if x.ndim == 2:
         return F.linear(x, weight, bias)
-    return F.conv1d(x, weight.unsqueeze(-1), bias)
+    w = weight.unsqueeze(0).expand(x.shape[0], -1, -1)
+    if bias is None:
+        return torch.bmm(w, x)
+    return torch.baddbmm(bias.view(1, -1, 1), w, x)
 
 
 def _linear_fp32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
