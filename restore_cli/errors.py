@@ -27,3 +27,7 @@ class InterruptError(RestoreError):
     """The user asked to stop (Ctrl-C); raised between tiles so nothing is left half-done (exit code 130)."""
 
     exit_code = 130
+
+
+class VideoError(RestoreError):
+    """A video that cannot be probed or decoded, or an output video that cannot be written."""

@@ -1,0 +1,725 @@
+"""Video files in and out on PyAV: probe, decode to numpy frames, encode atomically, remux the rest.
+
+PyAV is optional (the ``video`` extra); it is imported on first use so image-only installs work.
+
+Frames are H x W x 3 RGB numpy arrays: uint8 for 8-bit sources, uint16 (full 0..65535 scale) for
+deeper ones. Each frame keeps its own pts and time base, so a writer fed frames from a reader
+reproduces the source timing exactly, variable frame rate included. Streams other than the first
+video stream (audio, subtitles, data) are copied packet for packet, never re-encoded unless the
+output container cannot hold their codec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from restore_cli.errors import VideoError
+
+if TYPE_CHECKING:
+    import av as _av_module
+
+__all__ = [
+    "Frame",
+    "StreamInfo",
+    "VideoInfo",
+    "VideoReader",
+    "VideoWriter",
+    "probe",
+    "read_frames",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Decoder name -> encoders of the same family, best first.
+_SAME_FAMILY: dict[str, tuple[str, ...]] = {
+    "h264": ("libx264",),
+    "hevc": ("libx265",),
+    "av1": ("libsvtav1", "libaom-av1", "librav1e"),
+    "vp9": ("libvpx-vp9",),
+    "vp8": ("libvpx",),
+    "ffv1": ("ffv1",),
+    "mpeg4": ("mpeg4",),
+    "mpeg2video": ("mpeg2video",),
+    "prores": ("prores_ks",),
+    "mjpeg": ("mjpeg",),
+    "dnxhd": ("dnxhd",),
+    "png": ("png",),
+    "utvideo": ("utvideo",),
+}
+_FALLBACK_CODEC = "libx264"
+_DEFAULT_CRF = 18
+# Encoders that take x264-style crf/preset private options.
+_CRF_ENCODERS = {"libx264", "libx265", "libvpx-vp9", "libvpx", "libsvtav1", "libaom-av1"}
+_PRESET_ENCODERS = {"libx264", "libx265", "libsvtav1"}
+# Container metadata that describes the old file itself, not its content.
+_MUXER_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder", "creation_time_raw"}
+# AVColorSpace -> swscale matrix name, for RGB<->YUV conversions that match the tags.
+_SWS_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "SMPTE170M", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
+_RANGE_NAMES = {1: "MPEG", 2: "JPEG"}
+# Output codec for an audio stream the container cannot hold, by container.
+_AUDIO_FALLBACK = ("aac", "libopus", "flac", "mp3", "pcm_s16le")
+
+
+def _av() -> _av_module:
+    """PyAV, or one clear line saying how to get it."""
+    try:
+        import av
+    except ImportError as exc:
+        raise VideoError("video support needs PyAV: pip install 'restore-cli[video]'") from exc
+    return av
+
+
+def _show(path: Path) -> str:
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A non-primary stream: kept by remuxing."""
+
+    index: int
+    type: str  # audio | subtitle | data | attachment | video
+    codec: str
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What `probe` found: the first video stream plus the container around it."""
+
+    container: str  # demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2" or "matroska,webm"
+    codec: str  # decoder name of the video stream, e.g. "h264"
+    width: int
+    height: int
+    pix_fmt: str
+    bit_depth: int
+    frame_rate: Fraction | None  # average rate; None when the container does not say
+    time_base: Fraction
+    duration: float | None  # seconds
+    rotation: int  # counter-clockwise degrees the player applies (display matrix / rotate tag)
+    color_primaries: int  # AVColorPrimaries, 2 = unspecified
+    color_trc: int  # AVColorTransferCharacteristic
+    colorspace: int  # AVColorSpace (matrix)
+    color_range: int  # AVColorRange: 0 unspecified, 1 limited (MPEG), 2 full (JPEG)
+    stream_index: int
+    streams: tuple[StreamInfo, ...] = ()  # every other stream
+    metadata: dict[str, str] = field(default_factory=dict)  # container tags
+
+
+@dataclass
+class Frame:
+    """One decoded picture and where it sits in time."""
+
+    pixels: np.ndarray  # H x W x 3 RGB, uint8 (8-bit source) or uint16 (deeper)
+    pts: int | None
+    time_base: Fraction | None
+    index: int  # decode order position in presentation order, from 0
+    duration: int | None = None  # in time_base units, when the container knows it
+
+    @property
+    def time(self) -> Fraction | None:
+        """Presentation time in seconds, exact."""
+        if self.pts is None or self.time_base is None:
+            return None
+        return self.pts * self.time_base
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def _bit_depth(av: Any, pix_fmt: str | None) -> int:
+    if not pix_fmt:
+        return 8
+    try:
+        return max(c.bits for c in av.VideoFormat(pix_fmt).components)
+    except (ValueError, AttributeError):
+        return 8
+
+
+def _rotation(av: Any, container: Any, stream: Any) -> int:
+    """The display rotation: the old `rotate` tag, else the display matrix of the first frame."""
+    tag = stream.metadata.get("rotate")
+    if tag is not None:
+        with contextlib.suppress(ValueError):
+            # the tag is clockwise; the display matrix (and PyAV) count counter-clockwise
+            return (-int(float(tag))) % 360
+    # FFmpeg exposes the stream's display matrix as side data of each decoded frame.
+    with contextlib.suppress(av.FFmpegError, StopIteration):
+        frame = next(container.decode(stream))
+        return round(frame.rotation) % 360
+    return 0
+
+
+def _open_input(av: Any, path: Path) -> Any:
+    show = _show(path)
+    try:
+        return av.open(os.fspath(path), "r")
+    except FileNotFoundError as exc:
+        raise VideoError(f"{show}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise VideoError(f"{show}: is a folder, not a video") from exc
+    except PermissionError as exc:
+        raise VideoError(f"{show}: cannot read: permission denied") from exc
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo | None:
+    """The video's properties, or None when the file holds no video stream (an image, text, ...).
+
+    The decision comes from demuxing the content, never the file name. Single-picture formats
+    (PNG, JPEG, ...) that FFmpeg can read as a one-frame "video" count as images.
+    """
+    av = _av()
+    p = Path(path)
+    try:
+        container = _open_input(av, p)
+    except av.FFmpegError:
+        return None
+    try:
+        fmt = container.format.name
+        # FFmpeg's image demuxers (png_pipe, image2, ...) make any picture a one-frame video
+        if fmt.endswith("_pipe") or fmt in ("image2", "gif", "webp_pipe", "apng", "tiff_pipe"):
+            return None
+        videos = [s for s in container.streams.video if not (s.disposition & _attached_pic(av))]
+        if not videos:
+            return None
+        vs = videos[0]
+        cc = vs.codec_context
+        pix_fmt = cc.format.name if cc.format is not None else ""
+        others = tuple(
+            StreamInfo(s.index, s.type, s.codec_context.name if s.codec_context else "unknown")
+            for s in container.streams
+            if s.index != vs.index
+        )
+        duration: float | None = None
+        if vs.duration is not None and vs.time_base is not None:
+            duration = float(vs.duration * vs.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        rate = vs.average_rate or vs.guessed_rate
+        return VideoInfo(
+            container=fmt,
+            codec=cc.name,
+            width=cc.width,
+            height=cc.height,
+            pix_fmt=pix_fmt,
+            bit_depth=_bit_depth(av, pix_fmt),
+            frame_rate=Fraction(rate) if rate else None,
+            time_base=Fraction(vs.time_base),
+            duration=duration,
+            rotation=_rotation(av, container, vs),
+            color_primaries=int(cc.color_primaries),
+            color_trc=int(cc.color_trc),
+            colorspace=int(cc.colorspace),
+            color_range=int(cc.color_range),
+            stream_index=vs.index,
+            streams=others,
+            metadata=dict(container.metadata),
+        )
+    finally:
+        container.close()
+
+
+def _attached_pic(av: Any) -> int:
+    # cover art in audio files is a "video" stream with the attached_pic disposition
+    try:
+        return int(av.stream.Disposition.attached_pic)
+    except AttributeError:
+        return 0x400
+
+
+# --------------------------------------------------------------------------- read
+
+
+class VideoReader:
+    """Decodes the first video stream to `Frame`s in presentation order, surviving damage.
+
+    Iterate it (once). Decoding errors do not stop the iteration: every decodable frame is
+    yielded and each problem is recorded in `errors`; a file that ends early (truncated copy)
+    is reported there too once iteration finishes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, start: int | None = None, stop: int | None = None) -> None:
+        if (start is not None and start < 0) or (stop is not None and stop < 0):
+            raise ValueError("start and stop must be >= 0")
+        self.path = Path(path)
+        self.start = start or 0
+        self.stop = stop
+        self.errors: list[str] = []
+        self.frames_decoded = 0
+        info = probe(self.path)
+        if info is None:
+            raise VideoError(f"{_show(self.path)}: not a video (no video stream found)")
+        self.info = info
+
+    def __iter__(self) -> Iterator[Frame]:
+        av = _av()
+        container = _open_input(av, self.path)
+        try:
+            yield from self._frames(av, container)
+        finally:
+            container.close()
+
+    def _frames(self, av: Any, container: Any) -> Iterator[Frame]:
+        stream = container.streams[self.info.stream_index]
+        stream.thread_type = "AUTO"
+        deep = self.info.bit_depth > 8
+        index = 0
+        last_end: Fraction | None = None
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.FFmpegError as exc:  # a damaged container: nothing after this is reachable
+                self.errors.append(f"demuxing stopped after frame {index}: {_reason(exc)}")
+                break
+            try:
+                decoded = packet.decode()  # the final empty packet flushes the decoder
+            except av.FFmpegError as exc:
+                where = f" at {float(packet.pts * packet.time_base):.3f}s" if packet.pts is not None else ""
+                self.errors.append(f"undecodable packet{where}: {_reason(exc)}")
+                continue
+            for vf in decoded:
+                if vf.is_corrupt:
+                    self.errors.append(f"frame {index} decoded with errors (corrupt data)")
+                if self.stop is not None and index >= self.stop:
+                    return
+                tb = Fraction(vf.time_base) if vf.time_base is not None else None
+                if vf.pts is not None and tb is not None:
+                    last_end = (vf.pts + (vf.duration or 0)) * tb
+                if index >= self.start:
+                    yield Frame(self._pixels(vf, deep), vf.pts, tb, index, vf.duration or None)
+                index += 1
+                self.frames_decoded = index
+        self._check_end(last_end, index)
+
+    @staticmethod
+    def _pixels(vf: Any, deep: bool) -> np.ndarray:
+        kwargs: dict[str, Any] = {}
+        src_range = _RANGE_NAMES.get(int(vf.color_range))
+        if src_range is not None:  # swscale assumes limited range unless told
+            kwargs["src_color_range"] = src_range
+        matrix = _SWS_MATRIX.get(int(vf.colorspace))
+        if matrix is not None:
+            kwargs["src_colorspace"] = matrix
+        arr = vf.to_ndarray(format="rgb48le" if deep else "rgb24", **kwargs)
+        return np.ascontiguousarray(arr)
+
+    def _check_end(self, last_end: Fraction | None, count: int) -> None:
+        """Compare the decoded end with the duration the container announced."""
+        expected = self.info.duration
+        if expected is None or last_end is None or self.stop is not None:
+            return
+        rate = self.info.frame_rate
+        tolerance = float(1 / rate) if rate else 0.1
+        missing = expected - float(last_end)
+        if missing > tolerance:
+            lost = f", about {round(missing * float(rate))} frames" if rate else ""
+            self.errors.append(
+                f"video ends at {float(last_end):.3f}s but the container says {expected:.3f}s "
+                f"(truncated or damaged: {missing:.3f}s lost{lost}; {count} frames decoded)"
+            )
+
+
+def read_frames(path: str | os.PathLike[str], *, start: int | None = None, stop: int | None = None) -> Iterator[Frame]:
+    """Every frame of the first video stream, in presentation order; `start`/`stop` pick an index range.
+
+    Problems with damaged files are logged as warnings; use `VideoReader` to get them as a list.
+    """
+    reader = VideoReader(path, start=start, stop=stop)
+    yield from reader
+    for problem in reader.errors:
+        _log.warning("%s: %s", _show(reader.path), problem)
+
+
+# --------------------------------------------------------------------------- write
+
+
+def _encoder_exists(av: Any, name: str) -> bool:
+    try:
+        av.Codec(name, "w")
+    except (ValueError, av.FFmpegError):
+        return False
+    return True
+
+
+class VideoWriter:
+    """Encodes frames into `path` atomically and remuxes the source's other streams.
+
+    Use as a context manager. Output goes to a hidden temporary file beside `path`, renamed into
+    place only when the block ends without an exception; otherwise the temporary file is deleted
+    and `path` is left as it was. `notes` lists every decision a user should know about (codec
+    fallback, a stream re-encoded or dropped because the container cannot hold it).
+
+    The video stream is created on the first `write`, so the output may have any size (an
+    upscaler doubles it). Frames carrying pts/time_base keep them; bare arrays get consecutive
+    timestamps at `rate` (or the source's frame rate).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        source: str | os.PathLike[str] | None = None,
+        codec: str | None = None,
+        crf: int | None = None,
+        preset: str | None = None,
+        pix_fmt: str | None = None,
+        rate: Fraction | int | None = None,
+        container_format: str | None = None,
+        copy_streams: bool = True,
+        options: dict[str, str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.source = Path(source) if source is not None else None
+        self.info: VideoInfo | None = probe(self.source) if self.source is not None else None
+        if self.source is not None and self.info is None:
+            raise VideoError(f"{_show(self.source)}: not a video (no video stream found)")
+        self._codec_request = codec
+        self.crf = crf
+        self.preset = preset
+        self._pix_fmt_request = pix_fmt
+        self.rate = Fraction(rate) if rate is not None else None
+        self.container_format = container_format
+        self.copy_streams = copy_streams
+        self.extra_options = dict(options or {})
+        self.notes: list[str] = []
+        self.codec: str | None = None
+        self.pix_fmt: str | None = None
+        self.frames_written = 0
+        self._av: Any = None
+        self._out: Any = None
+        self._tmp: Path | None = None
+        self._vstream: Any = None
+        self._src: Any = None  # source container for remuxed streams
+        self._copy_map: dict[int, Any] = {}  # source stream index -> output stream (packet copy)
+        self._reencode: dict[int, tuple[Any, Any]] = {}  # source index -> (output stream, resampler)
+        self._pending: Iterator[Any] | None = None  # source packets of other streams, in file order
+        self._held: Any = None  # one packet read ahead from `_pending`
+        self._next_pts = 0
+
+    # ---------------------------------------------------------------- context manager
+
+    def __enter__(self) -> VideoWriter:
+        self._av = _av()
+        self._tmp = self._temp_path()
+        try:
+            kwargs: dict[str, Any] = {"format": self.container_format} if self.container_format else {}
+            self._out = self._av.open(os.fspath(self._tmp), "w", **kwargs)
+        except (OSError, self._av.FFmpegError, ValueError) as exc:
+            self._discard()
+            folder = self.path.parent
+            if isinstance(exc, OSError) and exc.errno == errno.ENOENT and not folder.is_dir():
+                raise VideoError(f"{_show(self.path)}: cannot write: folder {_show(folder)} does not exist") from exc
+            raise VideoError(f"{_show(self.path)}: cannot write: {_reason(exc)}") from exc
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            self._discard()
+            return
+        try:
+            self._finish()
+        except BaseException:
+            self._discard()
+            raise
+
+    def _temp_path(self) -> Path:
+        # keep the suffix so FFmpeg picks the muxer from the target's extension
+        name = self.path.name
+        for _ in range(100):
+            tmp = self.path.parent / f".{self.path.stem[:100]}.tmp-{secrets.token_hex(4)}{self.path.suffix}"
+            if not tmp.exists():
+                return tmp
+        raise VideoError(f"{_show(self.path)}: cannot write: no free temporary name for {name}")
+
+    def _discard(self) -> None:
+        for c in (self._out, self._src):
+            if c is not None:
+                with contextlib.suppress(Exception):
+                    c.close()
+        self._out = self._src = None
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+            self._tmp = None
+
+    def _finish(self) -> None:
+        show = _show(self.path)
+        if self._out is None:
+            raise VideoError(f"{show}: writer is not open")
+        if self._vstream is None:
+            raise VideoError(f"{show}: no frames were written")
+        av = self._av
+        try:
+            for packet in self._vstream.encode(None):
+                self._mux_other_until(self._packet_time(packet))
+                self._out.mux(packet)
+            self._mux_other_until(None)
+            for ostream, resampler in self._reencode.values():
+                self._encode_audio(ostream, resampler, None)
+            self._out.close()
+        except av.FFmpegError as exc:
+            raise VideoError(f"{show}: cannot encode: {_reason(exc)}") from exc
+        self._out = None
+        if self._src is not None:
+            self._src.close()
+            self._src = None
+        assert self._tmp is not None
+        try:
+            with contextlib.suppress(OSError):  # overwriting keeps the old file's permissions
+                os.chmod(self._tmp, os.stat(self.path).st_mode & 0o7777)
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            raise VideoError(f"{show}: cannot write: {_reason(exc)}") from exc
+        self._tmp = None
+
+    # ---------------------------------------------------------------- stream setup
+
+    def _pick_codec(self, fmt_codecs: set[str]) -> str:
+        av = self._av
+        if self._codec_request:
+            if not _encoder_exists(av, self._codec_request):
+                raise VideoError(f"{_show(self.path)}: encoder {self._codec_request!r} is not available in this PyAV")
+            return self._codec_request
+        if self.info is not None:
+            for name in _SAME_FAMILY.get(self.info.codec, ()):
+                # supported_codecs lists codec names (h264), not encoder names (libx264)
+                if _encoder_exists(av, name) and av.Codec(name, "w").canonical_name in fmt_codecs:
+                    return name
+            self.notes.append(
+                f"cannot encode {self.info.codec} into this container; using {_FALLBACK_CODEC} CRF {_DEFAULT_CRF}"
+            )
+        return _FALLBACK_CODEC
+
+    def _pick_pix_fmt(self, codec: str, deep: bool) -> str:
+        supported = [f.name for f in (self._av.Codec(codec, "w").video_formats or ())]
+        if self._pix_fmt_request:
+            if supported and self._pix_fmt_request not in supported:
+                raise VideoError(
+                    f"{_show(self.path)}: {codec} cannot encode pix_fmt {self._pix_fmt_request!r} "
+                    f"(it takes {', '.join(supported)})"
+                )
+            return self._pix_fmt_request
+        if not supported:
+            return "yuv420p10le" if deep else "yuv420p"
+        if self.info is not None and self.info.pix_fmt in supported:
+            return self.info.pix_fmt
+        wanted = ("yuv420p10le", "yuv420p12le", "yuv444p10le", "yuv420p16le") if deep else ("yuv420p",)
+        for name in wanted:
+            if name in supported:
+                return name
+        if deep:
+            self.notes.append(f"{codec} has no >8-bit pixel format here; output is 8-bit")
+        return supported[0]
+
+    def _open_video(self, width: int, height: int, deep: bool, time_base: Fraction | None) -> None:
+        av = self._av
+        fmt_codecs = set(self._out.supported_codecs)
+        codec = self._pick_codec(fmt_codecs)
+        pix_fmt = self._pick_pix_fmt(codec, deep)
+        rate = self.rate or (self.info.frame_rate if self.info else None) or Fraction(25)
+        stream = self._out.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        cc = stream.codec_context
+        tb = time_base or (self.info.time_base if self.info else None) or 1 / rate
+        # keep the source's clock so every pts survives unchanged (variable frame rate too)
+        cc.time_base = tb
+        stream.time_base = tb
+        options = dict(self.extra_options)
+        crf = self.crf if self.crf is not None else _DEFAULT_CRF
+        if codec in _CRF_ENCODERS:
+            options.setdefault("crf", str(crf))
+            if codec == "libvpx-vp9":
+                options.setdefault("b", "0")  # constant quality mode
+        elif self.crf is not None:
+            self.notes.append(f"{codec} takes no CRF; crf={self.crf} ignored")
+        if self.preset is not None:
+            if codec in _PRESET_ENCODERS:
+                options.setdefault("preset", self.preset)
+            else:
+                self.notes.append(f"{codec} takes no preset; preset={self.preset} ignored")
+        if codec == "libx265":
+            options.setdefault("x265-params", "log-level=error")
+        cc.options = options
+        if self.info is not None:
+            info = self.info
+            cc.color_primaries = info.color_primaries
+            cc.color_trc = info.color_trc
+            cc.colorspace = info.colorspace
+            cc.color_range = info.color_range
+            if info.rotation:
+                try:
+                    stream.set_display_rotation(info.rotation)
+                except (AttributeError, av.FFmpegError, ValueError):
+                    stream.metadata["rotate"] = str((-info.rotation) % 360)
+            for key, value in info.metadata.items():
+                if key.lower() not in _MUXER_KEYS:
+                    self._out.metadata[key] = value
+        self._vstream = stream
+        self.codec, self.pix_fmt = codec, pix_fmt
+        if self.source is not None and self.copy_streams:
+            self._open_copies()
+
+    def _open_copies(self) -> None:
+        """Add an output stream for every other source stream; they are muxed as video goes out."""
+        av = self._av
+        assert self.source is not None and self.info is not None
+        self._src = _open_input(av, self.source)
+        fmt_codecs = set(self._out.supported_codecs)
+        keep = []
+        for s in self._src.streams:
+            if s.index == self.info.stream_index:
+                continue
+            name = s.codec_context.name if s.codec_context else "unknown"
+            label = f"stream {s.index} ({s.type} {name})"
+            if s.type == "video" and not (s.disposition & _attached_pic(av)):
+                self.notes.append(f"{label} dropped: only the first video stream is restored")
+                continue
+            if name in fmt_codecs:
+                try:
+                    out = self._out.add_stream_from_template(s)
+                except (av.FFmpegError, ValueError) as exc:
+                    self.notes.append(f"{label} dropped: {_reason(exc)}")
+                    continue
+                self._copy_stream_tags(s, out)
+                self._copy_map[s.index] = out
+                keep.append(s)
+            elif s.type == "audio":
+                target = next((c for c in _AUDIO_FALLBACK if c in fmt_codecs and _encoder_exists(av, c)), None)
+                if target is None:
+                    self.notes.append(f"{label} dropped: the container holds no audio codec this PyAV can encode")
+                    continue
+                out = self._out.add_stream(target, rate=s.codec_context.sample_rate)
+                out.layout = s.codec_context.layout
+                enc_fmt = [f.name for f in (av.Codec(target, "w").audio_formats or ())]
+                if enc_fmt:
+                    out.format = enc_fmt[0]
+                self._copy_stream_tags(s, out)
+                resampler = av.AudioResampler(format=out.format, layout=out.layout, rate=out.rate)
+                self._reencode[s.index] = (out, resampler)
+                keep.append(s)
+                self.notes.append(f"{label} re-encoded to {target}: the container cannot hold {name}")
+            else:
+                self.notes.append(f"{label} dropped: the container cannot hold {name}")
+        self._pending = self._src.demux(*keep) if keep else None
+
+    @staticmethod
+    def _copy_stream_tags(src: Any, out: Any) -> None:
+        for key, value in src.metadata.items():
+            out.metadata[key] = value
+        with contextlib.suppress(AttributeError, ValueError, TypeError):
+            out.disposition = src.disposition
+
+    # ---------------------------------------------------------------- writing
+
+    def write(self, frame: Frame | np.ndarray) -> None:
+        """Encode one frame (H x W x 3 RGB, uint8 or uint16); a `Frame` keeps its pts and time base."""
+        if self._out is None:
+            raise VideoError(f"{_show(self.path)}: writer is not open (use it in a with block)")
+        av = self._av
+        pixels = frame.pixels if isinstance(frame, Frame) else frame
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"frames must be H x W x 3 uint8 or uint16, got {pixels.shape} {pixels.dtype}")
+        deep = pixels.dtype == np.uint16
+        height, width = pixels.shape[:2]
+        pts = frame.pts if isinstance(frame, Frame) else None
+        tb = frame.time_base if isinstance(frame, Frame) else None
+        if self._vstream is None:
+            self._open_video(width, height, deep, tb)
+        vs = self._vstream
+        if (width, height) != (vs.width, vs.height):
+            raise ValueError(f"frame size {width}x{height} differs from the stream's {vs.width}x{vs.height}")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb48le" if deep else "rgb24")
+        kwargs: dict[str, Any] = {"format": self.pix_fmt}
+        if self.info is not None:
+            matrix = _SWS_MATRIX.get(self.info.colorspace)
+            if matrix is not None:
+                kwargs["dst_colorspace"] = matrix
+            rng = _RANGE_NAMES.get(self.info.color_range)
+            if rng is not None:
+                kwargs["dst_color_range"] = rng
+        vf = vf.reformat(**kwargs)
+        ctb = Fraction(vs.codec_context.time_base)
+        if pts is not None and tb is not None and tb != ctb:
+            pts = round(pts * tb / ctb)  # a frame from another clock: rescale to ours
+        vf.pts = pts if pts is not None else self._next_pts
+        vf.time_base = ctb
+        if isinstance(frame, Frame) and frame.duration:
+            vf.duration = frame.duration
+        self._next_pts = vf.pts + max(1, round(1 / (self._rate() * ctb)))
+        try:
+            for packet in vs.encode(vf):
+                self._mux_other_until(self._packet_time(packet))
+                self._out.mux(packet)
+        except av.FFmpegError as exc:
+            raise VideoError(f"{_show(self.path)}: cannot encode frame {self.frames_written}: {_reason(exc)}") from exc
+        self.frames_written += 1
+
+    def _rate(self) -> Fraction:
+        return self.rate or (self.info.frame_rate if self.info else None) or Fraction(25)
+
+    @staticmethod
+    def _packet_time(packet: Any) -> Fraction | None:
+        ts = packet.dts if packet.dts is not None else packet.pts
+        if ts is None or packet.time_base is None:
+            return None
+        return ts * Fraction(packet.time_base)
+
+    def _mux_other_until(self, until: Fraction | None) -> None:
+        """Copy source packets of the other streams up to `until` seconds (None: all), interleaving them."""
+        if self._pending is None:
+            return
+        while True:
+            if self._held is None:
+                try:
+                    self._held = next(self._pending)
+                except (StopIteration, self._av.FFmpegError):
+                    self._pending = None
+                    return
+            packet = self._held
+            t = self._packet_time(packet)
+            if until is not None and t is not None and t > until:
+                return
+            self._held = None
+            if packet.size == 0 and packet.pts is None:  # demux's end-of-stream flush marker
+                continue
+            index = packet.stream.index
+            if index in self._copy_map:
+                packet.stream = self._copy_map[index]
+                self._out.mux(packet)
+            elif index in self._reencode:
+                out, resampler = self._reencode[index]
+                for af in packet.decode():
+                    self._encode_audio(out, resampler, af)
+
+    def _encode_audio(self, out: Any, resampler: Any, af: Any) -> None:
+        frames = resampler.resample(af)
+        if af is None:
+            frames = [*frames, None]
+        for item in frames:
+            for packet in out.encode(item):
+                self._out.mux(packet)
