@@ -397,3 +397,23 @@ def test_frame_time_property() -> None:
     f = Frame(np.zeros((2, 2, 3), np.uint8), pts=3, time_base=Fraction(1, 30), index=0)
     assert f.time == Fraction(1, 10)
     assert Frame(f.pixels, None, None, 0).time is None
+
+
+def test_container_that_cannot_hold_the_codecs_reencodes_and_reports(tmp_path: Path) -> None:
+    if not (_has_encoder("libvpx-vp9") and _has_encoder("libopus")):
+        pytest.skip("this PyAV build lacks libvpx-vp9 or libopus for WebM")
+    src, dst = tmp_path / "clip.mp4", tmp_path / "out.webm"
+    make_h264_aac(src, frames=6)
+    fast = {"deadline": "realtime", "cpu-used": "8"}
+    writer = _round_trip(src, dst, options=fast)
+    assert writer.codec == "libvpx-vp9"
+    assert any("using libvpx-vp9" in n for n in writer.notes), writer.notes
+    assert any("audio aac" in n and "re-encoded to libopus" in n for n in writer.notes), writer.notes
+    info = probe(dst)
+    assert info is not None and info.codec == "vp9"
+    assert [(s.type, s.codec) for s in info.streams] == [("audio", "opus")]
+    # WebM counts in milliseconds, so timestamps survive to the nearest millisecond
+    assert [round(t * 1000) for t in _times(dst)] == [round(t * 1000) for t in _times(src)]  # type: ignore[operator]
+    with av.open(str(dst)) as c:
+        decoded = sum(f.samples for f in c.decode(audio=0))
+    assert abs(decoded - 48000 * 6 // 24) < 2048

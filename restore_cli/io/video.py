@@ -58,7 +58,8 @@ _SAME_FAMILY: dict[str, tuple[str, ...]] = {
     "png": ("png",),
     "utvideo": ("utvideo",),
 }
-_FALLBACK_CODEC = "libx264"
+# Tried in order when the container cannot hold libx264 (WebM takes only VP8/VP9/AV1).
+_FALLBACK_CHAIN = ("libx264", "libvpx-vp9", "libsvtav1", "libvpx", "mpeg4", "ffv1")
 _DEFAULT_CRF = 18
 # Encoders that take x264-style crf/preset private options.
 _CRF_ENCODERS = {"libx264", "libx265", "libvpx-vp9", "libvpx", "libsvtav1", "libaom-av1"}
@@ -69,7 +70,7 @@ _MUXER_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder", "
 _SWS_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "SMPTE170M", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
 _RANGE_NAMES = {1: "MPEG", 2: "JPEG"}
 # Output codec for an audio stream the container cannot hold, by container.
-_AUDIO_FALLBACK = ("aac", "libopus", "flac", "mp3", "pcm_s16le")
+_AUDIO_FALLBACK = ("aac", "libopus", "flac", "libmp3lame", "pcm_s16le")
 
 
 def _av() -> _av_module:
@@ -86,7 +87,9 @@ def _show(path: Path) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    # FFmpeg errors carry the bare message in strerror; str() adds errno and path
+    strerror = getattr(exc, "strerror", None)
+    text = strerror if isinstance(strerror, str) and strerror else str(exc)
     text = " ".join(text.split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -186,22 +189,27 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo | None:
     """The video's properties, or None when the file holds no video stream (an image, text, ...).
 
     The decision comes from demuxing the content, never the file name. Single-picture formats
-    (PNG, JPEG, ...) that FFmpeg can read as a one-frame "video" count as images.
+    (PNG, JPEG, ...) that FFmpeg can read as a one-frame "video" count as images. A missing or
+    unreadable file raises VideoError.
     """
+    return _probe(Path(path))[0]
+
+
+def _probe(p: Path) -> tuple[VideoInfo | None, str]:
+    """`probe`, plus why the answer is None (for error messages)."""
     av = _av()
-    p = Path(path)
     try:
         container = _open_input(av, p)
-    except av.FFmpegError:
-        return None
+    except av.FFmpegError as exc:
+        return None, _reason(exc)
     try:
         fmt = container.format.name
         # FFmpeg's image demuxers (png_pipe, image2, ...) make any picture a one-frame video
         if fmt.endswith("_pipe") or fmt in ("image2", "gif", "webp_pipe", "apng", "tiff_pipe"):
-            return None
+            return None, f"an image ({fmt.removesuffix('_pipe')})"
         videos = [s for s in container.streams.video if not (s.disposition & _attached_pic(av))]
         if not videos:
-            return None
+            return None, "no video stream found"
         vs = videos[0]
         cc = vs.codec_context
         pix_fmt = cc.format.name if cc.format is not None else ""
@@ -216,7 +224,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo | None:
         elif container.duration is not None:
             duration = container.duration / 1_000_000
         rate = vs.average_rate or vs.guessed_rate
-        return VideoInfo(
+        info = VideoInfo(
             container=fmt,
             codec=cc.name,
             width=cc.width,
@@ -237,6 +245,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo | None:
         )
     finally:
         container.close()
+    return info, ""
 
 
 def _attached_pic(av: Any) -> int:
@@ -266,9 +275,9 @@ class VideoReader:
         self.stop = stop
         self.errors: list[str] = []
         self.frames_decoded = 0
-        info = probe(self.path)
+        info, why = _probe(self.path)
         if info is None:
-            raise VideoError(f"{_show(self.path)}: not a video (no video stream found)")
+            raise VideoError(f"{_show(self.path)}: not a video ({why})")
         self.info = info
 
     def __iter__(self) -> Iterator[Frame]:
@@ -364,6 +373,12 @@ def _encoder_exists(av: Any, name: str) -> bool:
     return True
 
 
+def _fits(av: Any, encoder: str, fmt_codecs: set[str]) -> bool:
+    """Whether `encoder` exists and the output container can hold what it makes."""
+    # supported_codecs lists codec names (h264), not encoder names (libx264)
+    return _encoder_exists(av, encoder) and av.Codec(encoder, "w").canonical_name in fmt_codecs
+
+
 class VideoWriter:
     """Encodes frames into `path` atomically and remuxes the source's other streams.
 
@@ -393,9 +408,11 @@ class VideoWriter:
     ) -> None:
         self.path = Path(path)
         self.source = Path(source) if source is not None else None
-        self.info: VideoInfo | None = probe(self.source) if self.source is not None else None
-        if self.source is not None and self.info is None:
-            raise VideoError(f"{_show(self.source)}: not a video (no video stream found)")
+        self.info: VideoInfo | None = None
+        if self.source is not None:
+            self.info, why = _probe(self.source)
+            if self.info is None:
+                raise VideoError(f"{_show(self.source)}: not a video ({why})")
         self._codec_request = codec
         self.crf = crf
         self.preset = preset
@@ -414,7 +431,8 @@ class VideoWriter:
         self._vstream: Any = None
         self._src: Any = None  # source container for remuxed streams
         self._copy_map: dict[int, Any] = {}  # source stream index -> output stream (packet copy)
-        self._reencode: dict[int, tuple[Any, Any]] = {}  # source index -> (output stream, resampler)
+        # source index -> (output stream, resampler, fifo) for audio the container cannot hold
+        self._reencode: dict[int, tuple[Any, Any, Any]] = {}
         self._pending: Iterator[Any] | None = None  # source packets of other streams, in file order
         self._held: Any = None  # one packet read ahead from `_pending`
         self._next_pts = 0
@@ -479,8 +497,8 @@ class VideoWriter:
                 self._mux_other_until(self._packet_time(packet))
                 self._out.mux(packet)
             self._mux_other_until(None)
-            for ostream, resampler in self._reencode.values():
-                self._encode_audio(ostream, resampler, None)
+            for ostream, resampler, fifo in self._reencode.values():
+                self._encode_audio(ostream, resampler, fifo, None)
             self._out.close()
         except av.FFmpegError as exc:
             raise VideoError(f"{show}: cannot encode: {_reason(exc)}") from exc
@@ -507,13 +525,14 @@ class VideoWriter:
             return self._codec_request
         if self.info is not None:
             for name in _SAME_FAMILY.get(self.info.codec, ()):
-                # supported_codecs lists codec names (h264), not encoder names (libx264)
-                if _encoder_exists(av, name) and av.Codec(name, "w").canonical_name in fmt_codecs:
+                if _fits(av, name, fmt_codecs):
                     return name
-            self.notes.append(
-                f"cannot encode {self.info.codec} into this container; using {_FALLBACK_CODEC} CRF {_DEFAULT_CRF}"
-            )
-        return _FALLBACK_CODEC
+        for name in _FALLBACK_CHAIN:
+            if _fits(av, name, fmt_codecs):
+                if self.info is not None:
+                    self.notes.append(f"cannot encode {self.info.codec} into this container; using {name}")
+                return name
+        raise VideoError(f"{_show(self.path)}: this container holds no video codec that PyAV can encode here")
 
     def _pick_pix_fmt(self, codec: str, deep: bool) -> str:
         supported = [f.name for f in (self._av.Codec(codec, "w").video_formats or ())]
@@ -609,18 +628,22 @@ class VideoWriter:
                 self._copy_map[s.index] = out
                 keep.append(s)
             elif s.type == "audio":
-                target = next((c for c in _AUDIO_FALLBACK if c in fmt_codecs and _encoder_exists(av, c)), None)
+                target = next((c for c in _AUDIO_FALLBACK if _fits(av, c, fmt_codecs)), None)
                 if target is None:
                     self.notes.append(f"{label} dropped: the container holds no audio codec this PyAV can encode")
                     continue
-                out = self._out.add_stream(target, rate=s.codec_context.sample_rate)
+                rate = s.codec_context.sample_rate
+                rates = av.Codec(target, "w").audio_rates
+                if rates and rate not in rates:  # Opus takes 48 kHz and a few others only
+                    rate = 48000 if 48000 in rates else rates[0]
+                out = self._out.add_stream(target, rate=rate)
                 out.layout = s.codec_context.layout
                 enc_fmt = [f.name for f in (av.Codec(target, "w").audio_formats or ())]
                 if enc_fmt:
                     out.format = enc_fmt[0]
                 self._copy_stream_tags(s, out)
                 resampler = av.AudioResampler(format=out.format, layout=out.layout, rate=out.rate)
-                self._reencode[s.index] = (out, resampler)
+                self._reencode[s.index] = (out, resampler, av.AudioFifo())
                 keep.append(s)
                 self.notes.append(f"{label} re-encoded to {target}: the container cannot hold {name}")
             else:
@@ -712,14 +735,25 @@ class VideoWriter:
                 packet.stream = self._copy_map[index]
                 self._out.mux(packet)
             elif index in self._reencode:
-                out, resampler = self._reencode[index]
+                out, resampler, fifo = self._reencode[index]
                 for af in packet.decode():
-                    self._encode_audio(out, resampler, af)
+                    self._encode_audio(out, resampler, fifo, af)
 
-    def _encode_audio(self, out: Any, resampler: Any, af: Any) -> None:
-        frames = resampler.resample(af)
+    def _encode_audio(self, out: Any, resampler: Any, fifo: Any, af: Any) -> None:
+        """Resample and encode one decoded audio frame (None: flush), in the encoder's frame size."""
+        cc = out.codec_context
+        if not cc.is_open:  # the frame size is only known once the encoder is open
+            cc.open()
+        for item in resampler.resample(af):
+            fifo.write(item)
+        size = cc.frame_size or 0
+        while True:
+            # fixed-size encoders (AAC 1024, Opus 960) reject other sizes; the last one may be short
+            chunk = fifo.read(size, partial=af is None) if size else fifo.read()
+            if chunk is None:
+                break
+            for packet in out.encode(chunk):
+                self._out.mux(packet)
         if af is None:
-            frames = [*frames, None]
-        for item in frames:
-            for packet in out.encode(item):
+            for packet in out.encode(None):
                 self._out.mux(packet)
