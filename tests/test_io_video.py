@@ -152,6 +152,7 @@ def make_mkv_subs(path: Path, tmp: Path) -> None:
         vs = _encode_video(out, "libx264", pts, tb, options=_X264)
         ss = out.add_stream_from_template(sub_in.streams.subtitles[0])
         ss.metadata["language"] = "eng"
+        vs.metadata["language"] = "fra"
         _push(out, vs, pts, tb)
         for packet in sub_in.demux(sub_in.streams.subtitles[0]):
             if packet.size == 0:
@@ -305,6 +306,7 @@ def test_round_trip_mkv_subtitles_kept(tmp_path: Path) -> None:
     assert _packets(src, "subtitle") == _packets(dst, "subtitle")
     with av.open(str(dst)) as c:
         assert c.streams.subtitles[0].metadata.get("language") == "eng"
+        assert c.streams.video[0].metadata.get("language") == "fra"
 
 
 def test_subtitles_the_container_cannot_hold_are_reported(tmp_path: Path) -> None:
@@ -417,3 +419,31 @@ def test_container_that_cannot_hold_the_codecs_reencodes_and_reports(tmp_path: P
     with av.open(str(dst)) as c:
         decoded = sum(f.samples for f in c.decode(audio=0))
     assert abs(decoded - 48000 * 6 // 24) < 2048
+
+
+def test_upscaled_frames_keep_timing_and_audio(tmp_path: Path) -> None:
+    src, dst = tmp_path / "clip.mp4", tmp_path / "x2.mp4"
+    make_h264_aac(src, frames=5)
+    with VideoWriter(dst, source=src, preset="ultrafast") as writer:
+        for frame in read_frames(src):
+            big = frame.pixels.repeat(2, axis=0).repeat(2, axis=1)
+            writer.write(Frame(big, frame.pts, frame.time_base, frame.index, frame.duration))
+    info = probe(dst)
+    assert info is not None and (info.width, info.height) == (2 * W, 2 * H)
+    assert _times(dst) == _times(src)
+    assert _packets(src, "audio") == _packets(dst, "audio")
+
+
+def test_corrupt_bytes_in_the_middle_do_not_stop_decoding(tmp_path: Path) -> None:
+    src = tmp_path / "vfr.mkv"
+    pts = make_vfr(src)
+    data = bytearray(src.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 200] = bytes(range(200))  # garbage over part of a frame
+    bad = tmp_path / "bad.mkv"
+    bad.write_bytes(bytes(data))
+    reader = VideoReader(bad)
+    frames = list(reader)  # must not raise
+    assert 0 < len(frames) <= len(pts)
+    if len(frames) < len(pts):
+        assert reader.errors

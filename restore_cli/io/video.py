@@ -598,6 +598,7 @@ class VideoWriter:
             for key, value in info.metadata.items():
                 if key.lower() not in _MUXER_KEYS:
                     self._out.metadata[key] = value
+            self._copy_video_stream_tags(av, stream)
         self._vstream = stream
         self.codec, self.pix_fmt = codec, pix_fmt
         if self.source is not None and self.copy_streams:
@@ -649,6 +650,21 @@ class VideoWriter:
             else:
                 self.notes.append(f"{label} dropped: the container cannot hold {name}")
         self._pending = self._src.demux(*keep) if keep else None
+
+    def _copy_video_stream_tags(self, av: Any, out: Any) -> None:
+        """Language, title, handler name of the source video stream; not tags the muxer recomputes."""
+        assert self.info is not None and self.source is not None
+        with av.open(os.fspath(self.source)) as src:
+            vs = src.streams[self.info.stream_index]
+            for key, value in vs.metadata.items():
+                # rotate is carried as a display matrix; DURATION/encoder/stats describe the old encode
+                if key.lower() in ("rotate", "duration", "encoder") or key.lower().startswith("_statistics"):
+                    continue
+                if key.upper().startswith(("NUMBER_OF_", "BPS")):
+                    continue
+                out.metadata[key] = value
+            with contextlib.suppress(AttributeError, ValueError, TypeError):
+                out.disposition = vs.disposition
 
     @staticmethod
     def _copy_stream_tags(src: Any, out: Any) -> None:
