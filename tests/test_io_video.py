@@ -447,3 +447,14 @@ def test_corrupt_bytes_in_the_middle_do_not_stop_decoding(tmp_path: Path) -> Non
     assert 0 < len(frames) <= len(pts)
     if len(frames) < len(pts):
         assert reader.errors
+
+
+def test_truncated_mp4_without_index_is_one_clear_line(tmp_path: Path) -> None:
+    src = tmp_path / "clip.mp4"
+    make_h264_aac(src, frames=5)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(src.read_bytes()[:-300])  # the moov index sits at the end
+    assert probe(cut) is None
+    with pytest.raises(VideoError, match="probably truncated") as err:
+        VideoReader(cut)
+    assert "\n" not in str(err.value)

@@ -201,6 +201,9 @@ def _probe(p: Path) -> tuple[VideoInfo | None, str]:
     try:
         container = _open_input(av, p)
     except av.FFmpegError as exc:
+        if _looks_like_mp4(p):
+            # an MP4/MOV whose index (moov, written last) was cut off: nothing is decodable
+            return None, f"{_reason(exc)}; an MP4/MOV without its index, probably truncated"
         return None, _reason(exc)
     try:
         fmt = container.format.name
@@ -248,6 +251,15 @@ def _probe(p: Path) -> tuple[VideoInfo | None, str]:
     return info, ""
 
 
+def _looks_like_mp4(p: Path) -> bool:
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp"
+
+
 def _attached_pic(av: Any) -> int:
     # cover art in audio files is a "video" stream with the attached_pic disposition
     try:
@@ -282,6 +294,8 @@ class VideoReader:
 
     def __iter__(self) -> Iterator[Frame]:
         av = _av()
+        self.errors = []  # each pass reports its own problems
+        self.frames_decoded = 0
         container = _open_input(av, self.path)
         try:
             yield from self._frames(av, container)
