@@ -458,3 +458,8 @@ def test_truncated_mp4_without_index_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(VideoError, match="probably truncated") as err:
         VideoReader(cut)
     assert "\n" not in str(err.value)
+
+
+def test_missing_output_folder_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(VideoError, match="does not exist"), VideoWriter(tmp_path / "nope" / "out.mp4"):
+        pass

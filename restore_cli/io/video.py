@@ -480,13 +480,22 @@ class VideoWriter:
             raise
 
     def _temp_path(self) -> Path:
-        # keep the suffix so FFmpeg picks the muxer from the target's extension
-        name = self.path.name
+        # keep the suffix so FFmpeg picks the muxer from the target's extension; O_EXCL claims
+        # the name so two writers never share one (FFmpeg then truncates and fills it)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         for _ in range(100):
             tmp = self.path.parent / f".{self.path.stem[:100]}.tmp-{secrets.token_hex(4)}{self.path.suffix}"
-            if not tmp.exists():
-                return tmp
-        raise VideoError(f"{_show(self.path)}: cannot write: no free temporary name for {name}")
+            try:
+                os.close(os.open(tmp, flags, 0o666))
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                folder, show = self.path.parent, _show(self.path)
+                if exc.errno == errno.ENOENT and not folder.is_dir():
+                    raise VideoError(f"{show}: cannot write: folder {_show(folder)} does not exist") from exc
+                raise VideoError(f"{show}: cannot write: {_reason(exc)}") from exc
+            return tmp
+        raise VideoError(f"{_show(self.path)}: cannot write: no free temporary name")
 
     def _discard(self) -> None:
         for c in (self._out, self._src):
@@ -524,6 +533,8 @@ class VideoWriter:
         try:
             with contextlib.suppress(OSError):  # overwriting keeps the old file's permissions
                 os.chmod(self._tmp, os.stat(self.path).st_mode & 0o7777)
+            with open(self._tmp, "rb") as fh:  # durable before it takes the real name
+                os.fsync(fh.fileno())
             os.replace(self._tmp, self.path)
         except OSError as exc:
             raise VideoError(f"{show}: cannot write: {_reason(exc)}") from exc
