@@ -15,9 +15,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import batch, presets
+from . import batch, pipeline, presets
 from .errors import InterruptError, RestoreError, UsageError
-from .report import FileRecord, Reporter
+from .report import Reporter
 from .terminal import make_console, styled
 
 if TYPE_CHECKING:
@@ -36,9 +36,10 @@ out = make_console()
 
 FORMATS = ("png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp")
 
-Inputs = Annotated[list[str], typer.Argument(help="Image files, folders or globs.", show_default=False,
+Inputs = Annotated[list[str], typer.Argument(help="Image or video files, folders or globs.", show_default=False,
                                              metavar="INPUTS")]
-Output = Annotated[Path | None, typer.Option("-o", "--output", help="Output folder [default: <input>_restored].")]
+Output = Annotated[Path | None, typer.Option("-o", "--output", help=(
+    "Output folder [default: <input>_restored], or for one video input the output file (out.mkv)."))]
 ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=(
     "Preset name, family name (nafnet, ufpnet, span, ...: its best weights that can be had), weights file, or "
     "hf://owner/repo[/file][@rev]."))]
@@ -64,6 +65,14 @@ RatioOpt = Annotated[float | None, typer.Option("--ratio", min=0.0, max=1.0,
 ExitOpt = Annotated[float | None, typer.Option("--exit-threshold", min=0.0,
                    help="Early-exit confidence threshold (AdaRevID): lower exits earlier.")]
 CompareOpt = Annotated[bool, typer.Option("--compare", help="Also write a before/after picture next to each output.")]
+CodecOpt = Annotated[str | None, typer.Option("--codec", help=(
+    "Video encoder (libx264, libx265, libvpx-vp9, libsvtav1, ffv1, ...) [default: the input's codec family]."))]
+CrfOpt = Annotated[int | None, typer.Option("--crf", min=0, max=63,
+                                            help="Video quality (lower is better) [default: 18].")]
+VPresetOpt = Annotated[str | None, typer.Option("--preset", help="Video encoder speed preset (x264/x265/SVT-AV1).")]
+PixFmtOpt = Annotated[str | None, typer.Option("--pix-fmt", help="Video pixel format [default: as input].")]
+FramesOpt = Annotated[str | None, typer.Option("--frames", help="Video frame range A:B (from A, before B; either "
+                                                                "side optional).")]
 
 
 class _GracefulStop:
@@ -95,7 +104,7 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
               batch_size: int, precision: str, device: str, fmt: str | None, suffix: str, recursive: bool,
               json_path: Path | None, quiet: bool, offline: bool, quality: int, skip_existing: bool,
               strip_metadata: bool, max_pixels: int | None, compare: bool = False,
-              options: dict[str, Any] | None = None) -> int:
+              options: dict[str, Any] | None = None, video: pipeline.VideoOptions | None = None) -> int:
     from . import api  # torch: only once there is work to do
     from .io import images
 
@@ -103,7 +112,7 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
     jobs = batch.collect(inputs, output, recursive=recursive)
     if not jobs:
-        raise UsageError("no images found in the inputs")
+        raise UsageError("no images or videos found in the inputs")
     t0 = time.perf_counter()
     loaded = api.load_model(model, task=task, device=device, precision=precision, tile=tile, overlap=overlap,
                             batch=batch_size, offline=offline)
@@ -122,14 +131,16 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
     interrupted = False
     with progress, _GracefulStop() as stop:
         loaded.runner.should_stop = lambda: stop.requested
+        settings = pipeline.Settings(fmt=fmt, suffix=suffix, quality=quality, skip_existing=skip_existing,
+                                     strip=strip_metadata, max_pixels=limit, inputs=inputs_resolved,
+                                     compare=compare, video=video or pipeline.VideoOptions(),
+                                     should_stop=lambda: stop.requested)
         bar = progress.add_task("restoring", total=len(jobs))
         for job in jobs:
             try:
                 if stop.requested:
                     raise InterruptError("interrupted")
-                reporter.add(_one(job, loaded, fmt=fmt, suffix=suffix, quality=quality,
-                                  skip_existing=skip_existing, strip=strip_metadata, max_pixels=limit,
-                                  inputs=inputs_resolved, compare=compare))
+                reporter.add(pipeline.run_job(job, loaded, settings))
             except (KeyboardInterrupt, InterruptError):
                 interrupted = True
                 break
@@ -153,71 +164,6 @@ def _say_choice(loaded: LoadedModel, *, quiet: bool) -> None:
         err.print(styled((choice.note, "yellow" if choice.fallback else "")), soft_wrap=True)
 
 
-def _one(job: batch.Job, loaded: LoadedModel, *, fmt: str | None, suffix: str, quality: int,
-         skip_existing: bool, strip: bool, max_pixels: int | None, inputs: set[Path],
-         compare: bool = False) -> FileRecord:
-    from . import api
-    from .io import images
-
-    rec = FileRecord(input=str(job.source), output=None, status="failed")
-    try:
-        t = time.perf_counter()
-        img = images.read_image(job.source, max_pixels=max_pixels)
-        rec.decode_ms = (time.perf_counter() - t) * 1000
-        out_fmt = images.output_format(img.format, fmt)
-        dest = batch.output_path(job, extension=images.FORMAT_EXTENSIONS[out_fmt], suffix=suffix)
-        rec.output = str(dest)
-        if dest in inputs or batch.same_file(dest, job.source):
-            raise UsageError(f"output {dest} is an input; refusing to overwrite it (use -o or --suffix)")
-        if skip_existing and dest.exists():
-            rec.status, rec.error = "skipped", "output exists"
-            return rec
-        h, w = img.pixels.shape[:2]
-        rec.size_in = (w, h)
-        result, stats = api.restore_image(loaded, img.pixels)
-        rec.infer_ms = stats.infer_s * 1000
-        rec.tile, rec.tiles, rec.notes, rec.model_info = stats.tile, stats.tiles, stats.notes, stats.model_info
-        rec.size_out = (result.shape[1], result.shape[0])
-        t = time.perf_counter()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        images.write_image(dest, result, fmt=out_fmt, like=img, quality=quality, strip_metadata=strip)
-        rec.encode_ms = (time.perf_counter() - t) * 1000
-        if compare:
-            side = dest.with_name(f"{dest.stem}_compare{dest.suffix}")
-            images.write_image(side, side_by_side(img.pixels, result), fmt=out_fmt, like=img, quality=quality,
-                               strip_metadata=strip)
-            rec.compare = str(side)
-        rec.status = "ok"
-    except InterruptError:
-        raise
-    except RestoreError as e:
-        rec.error = str(e)
-    except MemoryError:
-        rec.error = "out of memory (try a smaller --tile)"
-    except OSError as e:
-        rec.error = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-    return rec
-
-
-def side_by_side(before: Any, after: Any) -> Any:
-    """Input (nearest-neighbour enlarged to the output size, so SR shows its pixels) | output, 8 px gap."""
-    import cv2
-    import numpy as np
-
-    from .io.images import from_float, to_float
-
-    b = before[..., None] if before.ndim == 2 else before
-    a = after[..., None] if after.ndim == 2 else after
-    h, w = a.shape[:2]
-    if b.shape[:2] != (h, w):
-        b = cv2.resize(b, (w, h), interpolation=cv2.INTER_NEAREST).reshape(h, w, b.shape[2])
-    b = from_float(to_float(b), a.dtype)
-    gap = np.zeros((h, 8, a.shape[2]), dtype=a.dtype)
-    if a.shape[2] in (2, 4):
-        gap[..., -1] = np.iinfo(a.dtype).max if a.dtype != np.float32 else 1.0
-    return np.concatenate([b, gap, a], axis=1)
-
-
 def _task_command(task: str, help_text: str) -> Any:
     def command(inputs: Inputs, output: Output = None, model: ModelOpt = None, tile: TileOpt = "auto",
                 overlap: OverlapOpt = 16, batch_size: Annotated[int, typer.Option("--batch", min=1,
@@ -226,12 +172,16 @@ def _task_command(task: str, help_text: str) -> Any:
                 json_path: JsonOpt = None, quiet: QuietOpt = False, offline: OfflineOpt = False,
                 quality: QualityOpt = 95, skip_existing: SkipOpt = False, strip_metadata: StripOpt = False,
                 max_pixels: MaxPxOpt = None, compare: CompareOpt = False, scale: ScaleOpt = None,
-                ratio: RatioOpt = None, exit_threshold: ExitOpt = None) -> None:
+                ratio: RatioOpt = None, exit_threshold: ExitOpt = None, codec: CodecOpt = None, crf: CrfOpt = None,
+                preset: VPresetOpt = None, pix_fmt: PixFmtOpt = None, frames: FramesOpt = None) -> None:
+        start, stop = pipeline.parse_frames(frames)  # before the model loads: a typo fails fast
+        video = pipeline.VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, start=start, stop=stop)
         code = _run_task(task, inputs, output=output, model=model, tile=tile, overlap=overlap,
                          batch_size=batch_size, precision=precision, device=device, fmt=fmt, suffix=suffix,
                          recursive=recursive, json_path=json_path, quiet=quiet, offline=offline, quality=quality,
                          skip_existing=skip_existing, strip_metadata=strip_metadata, max_pixels=max_pixels,
-                         compare=compare, options={"scale": scale, "ratio": ratio, "exit_threshold": exit_threshold})
+                         compare=compare, options={"scale": scale, "ratio": ratio, "exit_threshold": exit_threshold},
+                         video=video)
         raise typer.Exit(code)
 
     command.__doc__ = help_text

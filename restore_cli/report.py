@@ -32,12 +32,27 @@ class FileRecord:
     notes: list[str] = field(default_factory=list)
     compare: str | None = None  # side-by-side picture, with --compare
     model_info: list[dict[str, Any]] = field(default_factory=list)  # per forward, from models that report
+    frames: int | None = None  # videos only: frames restored
+    fps: float | None = None  # videos only: the source's average frame rate (kept in the output)
+    codec: str | None = None  # videos only: the output's video encoder
+
+    @property
+    def megapixels(self) -> float:
+        if not self.size_in:
+            return 0.0
+        return self.size_in[0] * self.size_in[1] * (self.frames or 1) / 1e6
 
     @property
     def megapixels_per_s(self) -> float:
-        if not self.size_in or self.infer_ms <= 0:
+        if self.infer_ms <= 0:
             return 0.0
-        return self.size_in[0] * self.size_in[1] / 1e6 / (self.infer_ms / 1000)
+        return self.megapixels / (self.infer_ms / 1000)
+
+    def stage_fps(self) -> dict[str, float]:
+        """Frames per second of decoding, inference and encoding (videos)."""
+        n = self.frames or 0
+        return {f"{k}_fps": round(n / (ms / 1000), 3) if ms > 0 else 0.0
+                for k, ms in (("decode", self.decode_ms), ("infer", self.infer_ms), ("encode", self.encode_ms))}
 
 
 def _info_text(infos: list[dict[str, Any]]) -> str:
@@ -77,6 +92,9 @@ class Reporter:
             self.console.print(styled((f"skipped {rec.input} ({rec.error})", "dim")), soft_wrap=True)
         else:
             (w, h), (ow, oh) = rec.size_in or (0, 0), rec.size_out or (0, 0)
+            if rec.frames is not None:
+                self.console.print(self._video_line(rec), soft_wrap=True)
+                return
             line = styled(
                 f"{rec.input}  {w}x{h} -> {ow}x{oh}  decode {rec.decode_ms:.0f} ms  infer {rec.infer_ms:.0f} ms"
                 f"  encode {rec.encode_ms:.0f} ms  {rec.megapixels_per_s:.2f} MP/s"
@@ -87,9 +105,23 @@ class Reporter:
                 line.append(f"  {info}", "cyan")
             self.console.print(line, soft_wrap=True)
 
+    @staticmethod
+    def _video_line(rec: FileRecord) -> Text:
+        (w, h), (ow, oh) = rec.size_in or (0, 0), rec.size_out or (0, 0)
+        fps = rec.stage_fps()
+        line = styled(
+            f"{rec.input}  {w}x{h} -> {ow}x{oh}  {rec.frames} frames  decode {fps['decode_fps']:.1f} fps"
+            f"  infer {fps['infer_fps']:.1f} fps  encode {fps['encode_fps']:.1f} fps  {rec.megapixels_per_s:.2f} MP/s"
+            + (f"  tile {rec.tile}x{rec.tiles}" if rec.tile else ""),
+            *((f"  {n}", "yellow") for n in rec.notes))
+        info = _info_text(rec.model_info)
+        if info:
+            line.append(f"  {info}", "cyan")
+        return line
+
     def totals(self) -> dict[str, Any]:
         ok = [r for r in self.records if r.status == "ok"]
-        mp = sum(r.size_in[0] * r.size_in[1] for r in ok if r.size_in) / 1e6
+        mp = sum(r.megapixels for r in ok)
         infer = sum(r.infer_ms for r in ok) / 1000
         return {
             "files": len(self.records), "ok": len(ok),
@@ -118,7 +150,8 @@ class Reporter:
 
     def write_json(self, path: Path, run: dict[str, Any]) -> None:
         doc = {"run": run, "totals": self.totals(), "files": [
-            {**asdict(r), "megapixels_per_s": round(r.megapixels_per_s, 4)} for r in self.records]}
+            {**asdict(r), "megapixels_per_s": round(r.megapixels_per_s, 4),
+             **(r.stage_fps() if r.frames is not None else {})} for r in self.records]}
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(doc, indent=2))
