@@ -147,13 +147,17 @@ def _image(job: batch.Job, loaded: LoadedModel, s: Settings, rec: FileRecord) ->
 
 
 def _not_a_video(path: Path) -> None:
-    """Raise the video reader's one line (why the content is no video) for a file named like one."""
+    """Raise the video reader's reason (why the content is no video) for a file named like one."""
     try:
         from .io import video
 
         video.VideoReader(path)
     except ImportError:
         return
+    except RestoreError as e:
+        # the row already names the file; keep only the reason
+        reason = str(e).partition(": not a video")[2].strip(" ()") or str(e)
+        raise RestoreError(f"neither a video nor an image ({reason})") from None
     # VideoReader raises for anything probe rejects; reaching here means it is a video after all
 
 
@@ -200,8 +204,12 @@ def _video(job: batch.Job, loaded: LoadedModel, s: Settings, info: VideoInfo, re
     decode = infer = encode = 0.0
     frames = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # the writer copies other streams whole; with a frame range they would outlast the video, so they stay out
+    ranged = v.start is not None or v.stop is not None
     writer = video.VideoWriter(dest, source=job.source, codec=v.codec, crf=v.crf, preset=v.preset,
-                               pix_fmt=v.pix_fmt)
+                               pix_fmt=v.pix_fmt, copy_streams=not ranged)
+    if ranged and info.streams:
+        rec.notes.append(f"--frames: {len(info.streams)} other stream(s) (audio, subtitles) not copied")
     with writer:
         it = iter(reader)
         while True:
@@ -214,7 +222,7 @@ def _video(job: batch.Job, loaded: LoadedModel, s: Settings, info: VideoInfo, re
             infer += stats.infer_s
             if frames == 0:  # the same for every frame: report them once
                 rec.tile, rec.tiles, rec.model_info = stats.tile, stats.tiles, stats.model_info
-                rec.notes = list(stats.notes)
+                rec.notes += stats.notes
                 rec.size_out = (result.shape[1], result.shape[0])
             t = time.perf_counter()
             writer.write(video.Frame(_contiguous(result), frame.pts, frame.time_base, frame.index, frame.duration))
@@ -234,7 +242,7 @@ def _video(job: batch.Job, loaded: LoadedModel, s: Settings, info: VideoInfo, re
     rec.codec = writer.codec
     if reader.errors:
         # the decodable frames are written, but the output is short of the input: the run must say so
-        rec.error = f"damaged input, {frames} frames restored: " + "; ".join(reader.errors)
+        rec.error = f"damaged input ({frames} frames restored, output written): " + "; ".join(reader.errors)
         return
     rec.status = "ok"
 
