@@ -150,3 +150,40 @@ def test_named_output_needs_one_input_file(tmp_path: Path) -> None:
         batch.collect([str(a), str(b)], tmp_path / "out.mkv", recursive=False)
     (job,) = batch.collect([str(a)], tmp_path / "out.mkv", recursive=False)
     assert batch.output_path(job, extension=".mp4", suffix="_x") == (tmp_path / "out.mkv").resolve()
+
+
+def test_10bit_clip_stays_10bit(span_weights: Path, tmp_path: Path) -> None:
+    from tests.test_io_video import make_10bit
+
+    src = tmp_path / "deep.mkv"
+    make_10bit(src)
+    p = restore("upscale", src, "--model", span_weights, "--preset", "ultrafast")
+    no_traceback(p)
+    assert p.returncode == 0, p.stderr
+    info = probe(tmp_path / "deep_restored.mkv")
+    assert info is not None and info.bit_depth == 10 and info.width == 2 * W
+
+
+def test_ctrl_c_exits_130_and_leaves_no_output(span_weights: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    src = tmp_path / "clip.mp4"
+    make_h264_aac(src, frames=8)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    # small tiles: many stop checks per frame, and the run outlasts the signal's way in
+    proc = subprocess.Popen([sys.executable, "-m", "restore_cli", "upscale", str(src), "--model", str(span_weights),
+                             "--tile", "8", "--overlap", "4"], stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "loaded in" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest
+    assert "Traceback" not in rest
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["clip.mp4"]  # no output, no temporary
