@@ -199,6 +199,8 @@ def _video(job: batch.Job, loaded: LoadedModel, s: Settings, info: VideoInfo, re
         raise RestoreError(f"{info.width}x{info.height} frames exceed the {s.max_pixels:,} pixel limit "
                            "(raise it with --max-pixels, 0 for none)")
     rec.size_in = (info.width, info.height)
+    if s.compare:
+        rec.notes.append("--compare is for images")
     v = s.video
     reader = video.VideoReader(job.source, start=v.start, stop=v.stop)
     decode = infer = encode = 0.0
