@@ -102,6 +102,17 @@ def run_job(job: batch.Job, loaded: LoadedModel, settings: Settings) -> FileReco
     return rec
 
 
+def _claim_output(dest: Path, job: batch.Job, s: Settings, rec: FileRecord) -> bool:
+    """Record the output path; refuse to overwrite an input; False when --skip-existing finds it done."""
+    rec.output = str(dest)
+    if dest in s.inputs or batch.same_file(dest, job.source):
+        raise UsageError(f"output {dest} is an input; refusing to overwrite it (use -o or --suffix)")
+    if s.skip_existing and dest.exists():
+        rec.status, rec.error = "skipped", "output exists"
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- images
 
 
@@ -122,11 +133,7 @@ def _image(job: batch.Job, loaded: LoadedModel, s: Settings, rec: FileRecord) ->
     rec.decode_ms = (time.perf_counter() - t) * 1000
     out_fmt = images.output_format(img.format, s.fmt)
     dest = batch.output_path(job, extension=images.FORMAT_EXTENSIONS[out_fmt], suffix=s.suffix)
-    rec.output = str(dest)
-    if dest in s.inputs or batch.same_file(dest, job.source):
-        raise UsageError(f"output {dest} is an input; refusing to overwrite it (use -o or --suffix)")
-    if s.skip_existing and dest.exists():
-        rec.status, rec.error = "skipped", "output exists"
+    if not _claim_output(dest, job, s, rec):
         return
     h, w = img.pixels.shape[:2]
     rec.size_in = (w, h)
@@ -189,11 +196,7 @@ def _video(job: batch.Job, loaded: LoadedModel, s: Settings, info: VideoInfo, re
 
     # same container as the input, so every stream it held still fits
     dest = batch.output_path(job, extension=job.rel.suffix or job.source.suffix, suffix=s.suffix)
-    rec.output = str(dest)
-    if dest in s.inputs or batch.same_file(dest, job.source):
-        raise UsageError(f"output {dest} is an input; refusing to overwrite it (use -o or --suffix)")
-    if s.skip_existing and dest.exists():
-        rec.status, rec.error = "skipped", "output exists"
+    if not _claim_output(dest, job, s, rec):
         return
     if s.max_pixels and info.width * info.height > s.max_pixels:
         raise RestoreError(f"{info.width}x{info.height} frames exceed the {s.max_pixels:,} pixel limit "

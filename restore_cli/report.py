@@ -93,27 +93,20 @@ class Reporter:
         else:
             (w, h), (ow, oh) = rec.size_in or (0, 0), rec.size_out or (0, 0)
             if rec.frames is not None:
-                self.console.print(self._video_line(rec), soft_wrap=True)
-                return
-            line = styled(
-                f"{rec.input}  {w}x{h} -> {ow}x{oh}  decode {rec.decode_ms:.0f} ms  infer {rec.infer_ms:.0f} ms"
-                f"  encode {rec.encode_ms:.0f} ms  {rec.megapixels_per_s:.2f} MP/s"
-                + (f"  tile {rec.tile}x{rec.tiles}" if rec.tile else ""),
-                *((f"  {n}", "yellow") for n in rec.notes))
-            info = _info_text(rec.model_info)
-            if info:
-                line.append(f"  {info}", "cyan")
-            self.console.print(line, soft_wrap=True)
+                fps = rec.stage_fps()
+                stages = (f"{rec.frames} frames  decode {fps['decode_fps']:.1f} fps  infer {fps['infer_fps']:.1f} fps"
+                          f"  encode {fps['encode_fps']:.1f} fps")
+            else:
+                stages = (f"decode {rec.decode_ms:.0f} ms  infer {rec.infer_ms:.0f} ms"
+                          f"  encode {rec.encode_ms:.0f} ms")
+            self.console.print(self._row(rec, f"{w}x{h} -> {ow}x{oh}  {stages}"), soft_wrap=True)
 
     @staticmethod
-    def _video_line(rec: FileRecord) -> Text:
-        (w, h), (ow, oh) = rec.size_in or (0, 0), rec.size_out or (0, 0)
-        fps = rec.stage_fps()
-        line = styled(
-            f"{rec.input}  {w}x{h} -> {ow}x{oh}  {rec.frames} frames  decode {fps['decode_fps']:.1f} fps"
-            f"  infer {fps['infer_fps']:.1f} fps  encode {fps['encode_fps']:.1f} fps  {rec.megapixels_per_s:.2f} MP/s"
-            + (f"  tile {rec.tile}x{rec.tiles}" if rec.tile else ""),
-            *((f"  {n}", "yellow") for n in rec.notes))
+    def _row(rec: FileRecord, middle: str) -> Text:
+        """One file's line: input, `middle` (sizes and stage timings), speed, tiling, notes, model info."""
+        line = styled(f"{rec.input}  {middle}  {rec.megapixels_per_s:.2f} MP/s"
+                      + (f"  tile {rec.tile}x{rec.tiles}" if rec.tile else ""),
+                      *((f"  {n}", "yellow") for n in rec.notes))
         info = _info_text(rec.model_info)
         if info:
             line.append(f"  {info}", "cyan")
