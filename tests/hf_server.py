@@ -20,17 +20,15 @@ Routes, as the real Hub answers them:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from tests.local_server import LocalServer, closed_port
+from tests.local_server import LocalServer, closed_port, send_cut, sha256
 
 
 @dataclass(frozen=True)
@@ -50,16 +48,10 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-
 class FakeHub(LocalServer):
     def __init__(self) -> None:
         super().__init__()
         self.repos: dict[str, _Repo] = {}
-        self.cut_plan: list[int] = []
 
     # -- content ------------------------------------------------------------------------------------------------
 
@@ -92,10 +84,6 @@ class FakeHub(LocalServer):
     def _record(self, method: str, path: str, headers: dict[str, str]) -> None:
         with self._lock:
             self.requests.append(Request(method, path, headers))
-
-    def _next_cut(self) -> int | None:
-        with self._lock:
-            return self.cut_plan.pop(0) if self.cut_plan else None
 
     def _find_lfs(self, digest: str) -> bytes | None:
         for state in self.repos.values():
@@ -215,17 +203,7 @@ class _Handler(BaseHTTPRequestHandler):
         if cut is None:
             self._reply(status, headers, body, head=head)
             return
-        # Announce the whole body, send part of it, then drop the connection.
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body[:cut])
-        self.wfile.flush()
-        self.close_connection = True
-        with contextlib.suppress(OSError):  # the client may have gone already
-            self.connection.shutdown(socket.SHUT_RDWR)
+        send_cut(self, status, headers, body, cut)
 
     def _reply(self, status: int, headers: dict[str, str], body: bytes = b"", *, head: bool = False) -> None:
         self.send_response(status)

@@ -17,18 +17,16 @@ connection is dropped.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import html
 import itertools
 import re
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from tests.local_server import LocalServer, closed_port
+from tests.local_server import LocalServer, closed_port, send_cut, sha256
 
 
 @dataclass(frozen=True)
@@ -50,16 +48,10 @@ class Reply:
 Route = Callable[[Request], Reply]
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-
 class WebServer(LocalServer):
     def __init__(self) -> None:
         super().__init__()
         self.routes: dict[str, Route] = {}
-        self.cut_plan: list[int] = []
         self.honour_range = True
 
     # -- content ------------------------------------------------------------------------------------------------
@@ -95,10 +87,6 @@ class WebServer(LocalServer):
     def _record(self, request: Request) -> None:
         with self._lock:
             self.requests.append(request)
-
-    def _next_cut(self) -> int | None:
-        with self._lock:
-            return self.cut_plan.pop(0) if self.cut_plan else None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -138,17 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
         if cut is None:
             self._send(status, headers, data)
             return
-        # Announce the whole body, send part of it, then drop the connection.
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data[:cut])
-        self.wfile.flush()
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
+        send_cut(self, status, headers, data, cut)
 
     def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.send_response(status)
