@@ -72,6 +72,10 @@ def parse_frames(text: str | None) -> tuple[int | None, int | None]:
 
 def probe_video(path: Path) -> VideoInfo | None:
     """The file's video properties when its content is a video; None for images, text, or without PyAV."""
+    from .io import images
+
+    if images.sniff_file(path) is not None:  # an image by its signature: no container probe per photo
+        return None
     try:
         from .io import video
     except ImportError:

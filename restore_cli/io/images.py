@@ -155,6 +155,15 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
+def sniff_file(path: Path) -> str | None:
+    """The image format a file's first bytes announce (None: not an image we read, or unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            return _sniff(fh.read(32))
+    except OSError:
+        return None
+
+
 def _unknown_format_message(show: str, path: Path, head: bytes) -> str:
     if head[4:8] == b"ftyp":
         return f"{show}: HEIF/AVIF images are not supported; convert to PNG, JPEG or TIFF first"
