@@ -217,22 +217,12 @@ class LinearMaskedCoupling(nn.Module):
         layers += [act(), nn.Linear(hidden_size, input_size)]
         return nn.Sequential(*layers)
 
-    def inverse(self, u: torch.Tensor) -> torch.Tensor:
-        """Latent -> data direction (upstream `inverse`), in float32."""
-        mask = self.mask.float()
-        mu = u * mask
-        log_s, t = mu, mu
-        for layer in self.s_net:
-            log_s = _linear_fp32(layer, log_s)
-        for layer in self.t_net:
-            t = _linear_fp32(layer, t)
-        return mu + (1 - mask) * (u * log_s.exp() + t)
-
     def inverse_split(self, kept: torch.Tensor, moved: torch.Tensor, kept_idx: torch.Tensor,
                       moved_idx: torch.Tensor) -> torch.Tensor:
-        """`inverse` on the two halves of the entries: `kept` (mask 1, passed through and conditioning) and
-        `moved` (mask 0, scaled and shifted); returns the new `moved`. Same result as `inverse` without the
-        masked-out half of the first layers' inputs and the last layers' outputs, whose products are zeros.
+        """Upstream's `inverse` (latent -> data, float32) on the two halves of the entries: `kept` (mask 1,
+        passed through and conditioning) and `moved` (mask 0, scaled by exp(s) and shifted by t); returns the new
+        `moved`. Upstream multiplies full-width inputs by the mask; the masked-out half only adds zeros, so it is
+        left out of the first layers' inputs and the last layers' outputs.
         """
         # both first layers in one product: `kept` is read once
         w = torch.cat([self.s_net[0].weight.float()[:, kept_idx], self.t_net[0].weight.float()[:, kept_idx]])
@@ -260,12 +250,9 @@ class BatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(input_size))
         self.register_buffer("running_var", torch.ones(input_size))
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        std = torch.sqrt(self.running_var.float() + self.eps)
-        return (y - self.beta.float()) * torch.exp(-self.log_gamma.float()) * std + self.running_mean.float()
-
     def inverse_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """`inverse` as y * a + b per entry, so it costs one fused pass."""
+        """Upstream's `inverse`, (y - beta) * exp(-log_gamma) * sqrt(running_var + eps) + running_mean, as
+        y * a + b per entry, so it costs one fused pass."""
         a = torch.exp(-self.log_gamma.float()) * torch.sqrt(self.running_var.float() + self.eps)
         return a, self.running_mean.float() - self.beta.float() * a
 
