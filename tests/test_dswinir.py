@@ -107,6 +107,7 @@ def test_manifest_builds_and_is_detected(path: Path) -> None:
     assert archs.entry("dswinir").full_kwargs(found[0][1]) == archs.entry("dswinir").full_kwargs(doc["kwargs"])
 
 
+@pytest.mark.skipif(not GOLDEN.is_dir(), reason="golden folder not found")
 def test_detector_matches_only_this_family() -> None:
     files = [*GOLDEN.glob("*.keys.json"), *GOLDEN.glob("*.safetensors"), *GOLDEN.glob("real/*.safetensors")]
     others = [p for p in files if not p.name.startswith("MSDeformableNAIR__")]
