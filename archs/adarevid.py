@@ -7,7 +7,7 @@ Reimplemented from the semantics of INVOKERer/AdaRevD@754988d `basicsr/models/ar
 Public License, non-commercial), with the helpers upstream imports from its BasicSR tree (`win_util`, `norm_util`,
 `revcol_function`, `UFPNet/UFPNet_code_uncertainty_arch.py`) written from their semantics. Parameter names match
 upstream, so the released checkpoints load with strict=True. The UFPNet building blocks (kernel estimator, flow
-prior, kernel attention) come from `ufpnet.py`, the NAFNet blocks from `_blocks.py`.
+prior, kernel attention) come from `layers/kernel_prior.py`, the NAFNet blocks from `layers/naf.py`.
 
 Classes:
 * `AdaRevIDSlide`: the inference class of upstream `Motion_Deblurring/val.py`. It runs the encoder on the whole
@@ -33,7 +33,7 @@ Differences from upstream, all deliberate:
 * `forward(x)` returns the image in every mode (upstream returns lists/dicts while training or with
   `test_only=False`, `(img, count)` with `cal_num_decoders`, the class with `return_cls`); the counts are in
   `last_info` and `num_decoders`, the class in `last_info` and `AdaRevID.classify`.
-* Eval is deterministic: the encoder's kernel-code noise is drawn only in training mode (see `ufpnet.py`).
+* Eval is deterministic: the encoder's kernel-code noise is drawn only in training mode (see `layers/kernel_prior.py`).
 * Upstream clamps |alpha| of a decoder to >= 1e-3 by writing into the parameters whenever `UniDecoder.forward` runs
   (the pretrain path and the first decoder of the threshold path; the hard_simple path calls the levels directly and
   does not clamp). We apply the same clamp on the same paths without touching the parameters.
@@ -63,12 +63,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import LayerNorm2d, NAFBlock, SimpleGate, pad_to_multiple, same_keys_and_shapes, unet_context, unet_levels
-from ._fft import conv32, float32_region
-from ._restormer import LayerNorm as ChannelLayerNorm
-from ._tlc import localize
+from .layers.detect import count_indexed, same_keys_and_shapes
+from .layers.kernel_prior import FLOW_KERNEL_SIZE, KernelPrior, NAFBlock_kernel, code_extra_mean_var, kernel_maps
+from .layers.naf import NAFBlock, SimpleGate, unet_context, unet_levels
+from .layers.norm import LayerNorm2d, RestormerLayerNorm
+from .layers.padding import pad_to_multiple
+from .layers.precision import conv32, f32, float32_region
+from .layers.tlc import localize
 from .spec import ArchEntry, ArchSpec, StateDict, TilingHint
-from .ufpnet import FLOW_KERNEL_SIZE, KernelPrior, NAFBlock_kernel, code_extra_mean_var
 
 __all__ = [
     "ARCHS",
@@ -85,7 +87,6 @@ PAD = 16  # the encoder's four stride-2 downsamplings
 ENC_BLK_NUMS = (1, 1, 1, 28)  # upstream hard-wires the encoder to UFPNet's GoPro layout
 ENC_TRAIN_SIZE = (1, 3, 256, 256)  # the encoder's TLC (UFPNetLocal/NAFNetLocal defaults): windows 384 px at level 0
 ALPHA_MIN = 1e-3  # UniDecoder._clamp_abs
-FLOW_CHUNK = 1 << 18  # pixels per flow call: same result, bounded memory (the flow is per pixel)
 THRESHOLD_DX = ("fd4_d4", "fd4", "fd3", "fd2", "fd1", "_d4", "fd3_d4", "fd2_d4", "fd1_d4")
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ class FusionDecoder(nn.Module):
         self.level = level
         c = channels[level]
         self.down: nn.Module = (
-            nn.Sequential(nn.Conv2d(channels[level + 1], c, 2, stride=2), ChannelLayerNorm(c, "WithBias"))
+            nn.Sequential(nn.Conv2d(channels[level + 1], c, 2, stride=2), RestormerLayerNorm(c, "WithBias"))
             if level < 3
             else nn.Identity()
         )
@@ -229,10 +230,6 @@ class UniDecoder(nn.Module):
         return e3, e2, e1, e0
 
 
-def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.float()
-
-
 class Classifier(nn.Module):
     """Global average pool, LayerNorm, MLP (GELU), scaled per class by `alpha`. Computed in float32 so that the
     argmax decisions of half-precision models follow the float32 ones."""
@@ -254,9 +251,9 @@ class Classifier(nn.Module):
             y = x.float().mean(dim=(-2, -1))
             norm, lin1, act, lin2 = self.classifier
             assert isinstance(norm, nn.LayerNorm) and isinstance(lin1, nn.Linear) and isinstance(lin2, nn.Linear)
-            y = F.layer_norm(y, norm.normalized_shape, _f32(norm.weight), _f32(norm.bias), norm.eps)
-            y = act(F.linear(y, lin1.weight.float(), _f32(lin1.bias)))
-            y = F.linear(y, lin2.weight.float(), _f32(lin2.bias))
+            y = F.layer_norm(y, norm.normalized_shape, f32(norm.weight), f32(norm.bias), norm.eps)
+            y = act(F.linear(y, lin1.weight.float(), f32(lin1.bias)))
+            y = F.linear(y, lin2.weight.float(), f32(lin2.bias))
             return y * self.alpha.float()
 
 
@@ -306,19 +303,8 @@ class UFPNetEncoder(nn.Module):
             )
 
     def kernel_map(self, inp: torch.Tensor) -> torch.Tensor:
-        """Per-pixel blur kernels as a (B, 361, H, W) map. The code noise is drawn only in training mode (upstream
-        draws it in eval too); statistics and flow run in float32."""
-        b, _, h, w = inp.shape
-        k = FLOW_KERNEL_SIZE
-        code, sigma = self.kernel_extra(inp)  # float32 (B, H*W, k, k)
-        with torch.autocast(inp.device.type, enabled=False):
-            code = (code - code.mean(dim=(2, 3), keepdim=True)) / code.std(dim=(2, 3), keepdim=True)
-            code = code * torch.sqrt(1 - sigma.square())
-            if self.training:
-                code = code + torch.randn_like(code) * sigma
-            flat = code.reshape(b * h * w, k * k)
-            kernels = torch.cat([self.flow(part) for part in flat.split(FLOW_CHUNK)])
-        return kernels.reshape(b, h * w, k * k).permute(0, 2, 1).reshape(b, k * k, h, w).to(inp.dtype)
+        """Per-pixel blur kernels as a (B, 361, H, W) map (`kernel_prior.kernel_maps`, as UFPNet computes it)."""
+        return kernel_maps(self.kernel_extra, self.flow, inp, training=self.training)
 
     def forward(self, inp: torch.Tensor) -> list[torch.Tensor]:
         kernel = self.kernel_map(inp) if self.kernel_prior else None
@@ -888,13 +874,6 @@ _EXIT_TABLES: dict[tuple[int, int], list[int]] = {
 }
 
 
-def _count(sd: StateDict, fmt: str) -> int:
-    n = 0
-    while any(k.startswith(fmt.format(n)) for k in sd):
-        n += 1
-    return n
-
-
 def _detect(sd: StateDict) -> dict[str, Any] | None:
     """AdaRevIDSlide kwargs from the encoder, decoder and classifier keys. A state dict without `ape.*` is the
     decoder checkpoint alone (pretrain=True: decoder_idx = all decoders). hard_simple classifiers only; exit_idx is
@@ -903,12 +882,12 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
     if intro is None or intro.ndim != 4 or "subdenets.0.level0.fusion.up.0.weight" not in sd:
         return None
     width = int(intro.shape[0])
-    n_dec = _count(sd, "subdenets.{}.")
+    n_dec = count_indexed(sd, "subdenets.{}.")
     if n_dec == 0:
         return None
     baseblock = ["fcnaf" if f"subdenets.{i}.level0.blocks.0.fft_block1.complex_conv1.weight" in sd else "naf"
                  for i in range(n_dec)]
-    layers = [_count(sd, f"subdenets.0.level{lv}.blocks.{{}}.") for lv in range(4)]
+    layers = [count_indexed(sd, f"subdenets.0.level{lv}.blocks.{{}}.") for lv in range(4)]
     kw: dict[str, Any] = {
         "width": width,
         "in_channels": 3,

@@ -9,7 +9,6 @@ only the cheap convolutional branch. The share of attention windows is steered b
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,13 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import LayerNorm2d
-from ._restormer import FeedForward
+from .layers.detect import pixel_shuffle_scale, same_keys_and_shapes
+from .layers.norm import LayerNorm2d
+from .layers.padding import pad_to_multiple
+from .layers.precision import upcast
+from .layers.restormer import FeedForward
+from .layers.window import window_partition, window_reverse
 from .spec import ArchEntry, ArchSpec, StateDict
 
 _WINDOW = 16  # hard-coded upstream (CAMixerSR.window_sizes)
 _MAX_OFFSET = 8.0  # deformable offsets are tanh(.) * 8 pixels
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 # (kept attention windows, windows) per block of one forward, for last_info.
 _Stats = list[tuple[int, int]]
@@ -32,14 +34,11 @@ _Stats = list[tuple[int, int]]
 def _to_windows(x: torch.Tensor, ws: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, ws*ws, C), windows in raster order, pixels in raster order inside a window."""
     b, c, h, w = x.shape
-    x = x.view(b, c, h // ws, ws, w // ws, ws).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(b, (h // ws) * (w // ws), ws * ws, c)
+    return window_partition(x.permute(0, 2, 3, 1), ws).reshape(b, (h // ws) * (w // ws), ws * ws, c)
 
 
 def _from_windows(x: torch.Tensor, h: int, w: int, ws: int) -> torch.Tensor:
-    b, _, _, c = x.shape
-    x = x.view(b, h // ws, w // ws, ws, ws, c).permute(0, 5, 1, 3, 2, 4)
-    return x.reshape(b, c, h, w)
+    return window_reverse(x.flatten(0, 1), ws, h, w).permute(0, 3, 1, 2).contiguous()
 
 
 def _flow_warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -50,7 +49,7 @@ def _flow_warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """
     _, _, h, w = x.shape
     dtype = x.dtype
-    xf = x.float() if dtype in _LOW_PRECISION else x
+    xf = upcast(x)
     flow = flow.to(xf.dtype)
     gy, gx = torch.meshgrid(
         torch.arange(h, device=x.device, dtype=xf.dtype), torch.arange(w, device=x.device, dtype=xf.dtype),
@@ -294,9 +293,7 @@ class CAMixerSR(nn.Module):
         self.tail = nn.Sequential(nn.Conv2d(n_feats, n_colors * scale**2, 3, 1, 1), nn.PixelShuffle(scale))
 
     def check_image_size(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, h, w = x.shape
-        ws = self.window_sizes
-        return F.pad(x, (0, (ws - w % ws) % ws, 0, (ws - h % ws) % ws), mode="reflect")
+        return pad_to_multiple(x, self.window_sizes, mode="reflect")
 
     def forward_origin(self, x: torch.Tensor, stats: _Stats | None = None) -> torch.Tensor:
         h, w = x.shape[2:]
@@ -390,9 +387,8 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
     if head.ndim != 4 or tail.ndim != 4:
         return None
     n_feats, n_colors = int(head.shape[0]), int(head.shape[1])
-    up, rem = divmod(int(tail.shape[0]), n_colors)
-    scale = math.isqrt(up)
-    if rem or scale < 1 or scale * scale != up:
+    scale = pixel_shuffle_scale(int(tail.shape[0]), n_colors)
+    if scale is None:
         return None
     blocks: list[int] = []
     while f"body.{len(blocks)}.body_tail.weight" in sd:
@@ -412,13 +408,7 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
         "ratio": 0.5,
         "tile": None,
     }
-    try:
-        with torch.device("meta"):
-            model = CAMixerSR(**kwargs)
-    except (ValueError, RuntimeError, TypeError):
-        return None
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return kwargs if shapes == {k: tuple(v.shape) for k, v in sd.items()} else None
+    return kwargs if same_keys_and_shapes(lambda: CAMixerSR(**kwargs), sd) else None
 
 
 ARCHS: tuple[ArchEntry, ...] = (

@@ -30,25 +30,13 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from torch import nn
 
+from .layers.detect import count_indexed, pixel_shuffle_scale, same_keys_and_shapes
+from .layers.drop import DropPath
+from .layers.upsample import Upsample, UpsampleOneStep
 from .ops.selective_scan import selective_scan
 from .spec import ArchEntry, ArchSpec, StateDict
 
 _UPSAMPLERS = ("", "pixelshuffle", "pixelshuffledirect")
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample while training; the identity in eval."""
-
-    def __init__(self, drop_prob: float = 0.0) -> None:
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
 
 
 class StarReLU(nn.Module):
@@ -376,29 +364,6 @@ class PatchUnEmbed(nn.Module):
         return x.transpose(1, 2).reshape(x.shape[0], self.embed_dim, *x_size)
 
 
-class Upsample(nn.Sequential):
-    """(conv to 4C, pixel shuffle 2) per factor of two, or one (conv to 9C, shuffle 3)."""
-
-    def __init__(self, scale: int, num_feat: int) -> None:
-        m: list[nn.Module] = []
-        if scale >= 1 and scale & (scale - 1) == 0:
-            for _ in range(int(math.log2(scale))):
-                m += [nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
-        elif scale == 3:
-            m += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
-        else:
-            raise ValueError(f"scale {scale} is not supported. Supported scales: 2^n and 3.")
-        super().__init__(*m)
-
-
-class UpsampleOneStep(nn.Sequential):
-    """One conv to scale^2 * out channels and a pixel shuffle (the light-SR head)."""
-
-    def __init__(self, scale: int, num_feat: int, num_out_ch: int) -> None:
-        self.num_feat = num_feat
-        super().__init__(nn.Conv2d(num_feat, scale**2 * num_out_ch, 3, 1, 1), nn.PixelShuffle(scale))
-
-
 class ConvMambaSR(nn.Module):
     """ConvMambaSR. `upsampler`: 'pixelshuffle' (classical SR), 'pixelshuffledirect' (light SR, CAB compress 6)
     or '' (same-size output with a global residual, upstream's "denoising" head). `img_size` and `patch_size` only
@@ -561,13 +526,6 @@ def _describe(kw: dict[str, Any]) -> ArchSpec:
     )
 
 
-def _count(sd: StateDict, prefix: str, suffix: str) -> int:
-    n = 0
-    while f"{prefix}{n}{suffix}" in sd:
-        n += 1
-    return n
-
-
 def _detect(sd: StateDict) -> dict[str, Any] | None:
     """Widths, depths, d_state, expansion, RCG_num, head and residual connection from the keys and shapes; the
     rebuilt model must match every key and shape. img_size, img_range and drop rates are not stored (defaults)."""
@@ -575,8 +533,8 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
     if "conv_first.weight" not in sd or key not in sd:
         return None
     embed_dim, in_chans = (int(s) for s in sd["conv_first.weight"].shape[:2])
-    layers = _count(sd, "RSSG_layers.", ".residual_group.blocks.0.ln_1.weight")
-    depths = [_count(sd, f"RSSG_layers.{i}.residual_group.blocks.", ".ln_1.weight") for i in range(layers)]
+    layers = count_indexed(sd, "RSSG_layers.{}.residual_group.blocks.0.ln_1.weight")
+    depths = [count_indexed(sd, f"RSSG_layers.{i}.residual_group.blocks.{{}}.ln_1.weight") for i in range(layers)]
     d_state = int(sd[key].shape[1])
     d_inner = int(sd["RSSG_layers.0.residual_group.blocks.0.self_attention.in_proj.weight"].shape[0]) // 2
     mlp_ratio: float = d_inner // embed_dim if d_inner % embed_dim == 0 else d_inner / embed_dim
@@ -584,7 +542,7 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
         "in_chans": in_chans,
         "embed_dim": embed_dim,
         "depths": depths,
-        "RCG_num": _count(sd, "RCG_Layers.0.0.", ".conv1.weight"),
+        "RCG_num": count_indexed(sd, "RCG_Layers.0.0.{}.conv1.weight"),
         "d_state": d_state,
         "mlp_ratio": mlp_ratio,
         "patch_norm": "patch_embed.norm.weight" in sd,
@@ -596,17 +554,13 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
         num_feat = int(sd["conv_before_upsample.0.weight"].shape[0])
         kwargs.update(upsampler="pixelshuffle", upscale=3 if first == 9 * num_feat else 2 ** len(convs))
     elif "upsample.0.weight" in sd:
-        scale = math.isqrt(int(sd["upsample.0.weight"].shape[0]) // max(1, in_chans))
+        scale = pixel_shuffle_scale(int(sd["upsample.0.weight"].shape[0]), in_chans)
+        if scale is None:
+            return None
         kwargs.update(upsampler="pixelshuffledirect", upscale=scale)
     else:
         kwargs.update(upsampler="", upscale=1)
-    try:
-        with torch.device("meta"):
-            model = ConvMambaSR(**kwargs)
-    except (ValueError, RuntimeError, TypeError, ZeroDivisionError):
-        return None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return kwargs if expected == {k: tuple(v.shape) for k, v in sd.items()} else None
+    return kwargs if same_keys_and_shapes(lambda: ConvMambaSR(**kwargs), sd) else None
 
 
 ARCHS: tuple[ArchEntry, ...] = (

@@ -41,14 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import LayerNorm2d, list_length, same_keys_and_shapes
-from ._restormer import Downsample, FeedForward, LayerNorm, OverlapPatchEmbed, Upsample, ffn_factor, unet_radius
+from .layers.detect import list_length, same_keys_and_shapes
+from .layers.norm import LayerNorm2d, RestormerLayerNorm
+from .layers.padding import pad_to_multiple
+from .layers.restormer import FeedForward, RestormerUNet, ffn_factor, unet_radius
 from .ops.neighborhood_attn import na2d
 from .spec import ArchEntry, ArchSpec, StateDict
 
 __all__ = ["ARCHS", "MSDeformableNAIR", "MSDeformableNeighborhoodAttention", "TransformerBlock"]
 
-_MULTIPLE = 8  # three 2x pixel-unshuffles
+_MULTIPLE = RestormerUNet.UNET_MULTIPLE
 _LICENSE = "unspecified (Aitical/DSwinIR has no licence file)"
 _RPB_NAMES = ("rpb_h1", "rpb_h2", "rpb_h3")
 
@@ -137,10 +139,10 @@ class TransformerBlock(nn.Module):
                  rel_pos_bias: bool, kernel_size: int = 3, dilation: int = 1) -> None:
         super().__init__()
         # upstream: basicsr LayerNorm2d(dim, eps=1e-5) for "WithBias" (= Restormer's WithBias LayerNorm), else BiasFree
-        self.norm1 = LayerNorm(dim, LayerNorm_type)
+        self.norm1 = RestormerLayerNorm(dim, LayerNorm_type)
         self.attn = MSDeformableNeighborhoodAttention(dim=dim, num_heads=num_heads, kernel_size=kernel_size,
                                                       dilation=dilation, rel_pos_bias=rel_pos_bias)
-        self.norm2 = LayerNorm(dim, LayerNorm_type)
+        self.norm2 = RestormerLayerNorm(dim, LayerNorm_type)
         self.ffn = FeedForward(dim, ffn_expansion_factor, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,7 +150,7 @@ class TransformerBlock(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
-class MSDeformableNAIR(nn.Module):
+class MSDeformableNAIR(RestormerUNet):
     """DSwinIR: 4-level U-Net of MSDNA/GDFN blocks (widths dim, 2, 4, 8 x dim; level 1 decoder and refinement at
     2 x dim), per-level kernel_size and dilation, global residual (added twice, as upstream)."""
 
@@ -183,49 +185,19 @@ class MSDeformableNAIR(nn.Module):
                 for _ in range(n)
             ])
 
-        self.patch_embed = OverlapPatchEmbed(inp_channels, dim)
-        self.encoder_level1 = stage(num_blocks[0], 0, dim)
-        self.down1_2 = Downsample(dim)
-        self.encoder_level2 = stage(num_blocks[1], 1, dim * 2)
-        self.down2_3 = Downsample(dim * 2)
-        self.encoder_level3 = stage(num_blocks[2], 2, dim * 4)
-        self.down3_4 = Downsample(dim * 4)
-        self.latent = stage(num_blocks[3], 3, dim * 8)
-        self.up4_3 = Upsample(dim * 8)
-        self.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, 1, bias=bias)
-        self.decoder_level3 = stage(num_blocks[2], 2, dim * 4)
-        self.up3_2 = Upsample(dim * 4)
-        self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, 1, bias=bias)
-        self.decoder_level2 = stage(num_blocks[1], 1, dim * 2)
-        self.up2_1 = Upsample(dim * 2)  # no channel reduction: level 1 decodes at 2 x dim
-        self.decoder_level1 = stage(num_blocks[0], 0, dim * 2)
-        self.refinement = stage(num_refinement_blocks, 0, dim * 2)
+        self._build_unet(inp_channels=inp_channels, dim=dim, num_blocks=num_blocks,
+                         num_refinement_blocks=num_refinement_blocks, stage=stage, bias=bias)
         self.dual_pixel_task = dual_pixel_task
         if dual_pixel_task:
             self.skip_conv = nn.Conv2d(dim, dim * 2, 1, bias=bias)
         self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1, bias=bias)
         self.global_residual = global_residual
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        th = max(-(-h // _MULTIPLE) * _MULTIPLE, self.min_size)
-        tw = max(-(-w // _MULTIPLE) * _MULTIPLE, self.min_size)
-        if (th, tw) == (h, w):
-            return x
-        mode = "reflect" if th - h < h and tw - w < w else "replicate"
-        return F.pad(x, (0, tw - w, 0, th - h), mode=mode)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        inp = self._pad(x)
+        inp = pad_to_multiple(x, _MULTIPLE, mode="reflect_or_replicate", min_size=self.min_size)
         emb = self.patch_embed(inp)
-        enc1 = self.encoder_level1(emb)
-        enc2 = self.encoder_level2(self.down1_2(enc1))
-        enc3 = self.encoder_level3(self.down2_3(enc2))
-        latent = self.latent(self.down3_4(enc3))
-        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)))
-        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)))
-        dec1 = self.refinement(self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1)))
+        dec1 = self._run_unet(emb)
         # the dual-pixel path has no residual here; the global one below still applies
         out = self.output(dec1 + self.skip_conv(emb)) if self.dual_pixel_task else self.output(dec1) + inp
         if self.global_residual:

@@ -32,8 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import LayerNorm2d, same_keys_and_shapes
-from ._fft import conv32, float32_region, irfft2_interleaved
+from .layers.detect import BUILD_ERRORS, same_keys_and_shapes, shapes
+from .layers.fft import irfft2_interleaved
+from .layers.norm import LayerNorm2d, RMSNorm2d
+from .layers.padding import pad_to_multiple
+from .layers.precision import conv32, float32_region
+from .layers.upsample import DySample, is_pow2, unsupported_scale
 from .spec import ArchEntry, ArchSpec, StateDict
 
 __all__ = ["ARCHS", "GFISRV2", "FourierUnit", "GatedCNNBlock", "InceptionDWConv2d", "UniUpsampleV3"]
@@ -44,71 +48,8 @@ SampleMods = Literal[
 SAMPLE_MODS: tuple[str, ...] = get_args(SampleMods)
 
 
-class RMSNorm(nn.Module):
-    """x / (||x||_2 over channels / sqrt(C) + eps) * scale + offset, statistics in float32."""
-
-    def __init__(self, dim: int = 64, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.scale = nn.Parameter(torch.ones(dim, 1, 1))
-        self.offset = nn.Parameter(torch.zeros(dim, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        rms = xf.norm(2, dim=1, keepdim=True) * (x.shape[1] ** -0.5)
-        return (self.scale.float() * (xf / (rms + self.eps)) + self.offset.float()).to(x.dtype)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # upsamplers
-
-
-class DySample(nn.Module):
-    """DySample ("Learning to Upsample by Learning to Sample", arXiv:2308.15085) with an end conv of end_kernel.
-
-    Each of `groups` channel groups is resampled bilinearly (border padding) at scale x scale positions per input
-    pixel: sub-pixel centres plus offset * sigmoid(scope) / 2.
-    """
-
-    def __init__(self, in_channels: int = 64, out_ch: int = 3, scale: int = 2, groups: int = 4,
-                 end_convolution: bool = True, end_kernel: int = 1) -> None:
-        super().__init__()
-        if in_channels <= groups or in_channels % groups != 0:
-            raise ValueError(f"DySample: in_channels={in_channels} must be a multiple of groups={groups}, larger")
-        self.scale = scale
-        self.groups = groups
-        self.end_convolution = end_convolution
-        if end_convolution:
-            self.end_conv = nn.Conv2d(in_channels, out_ch, end_kernel, 1, end_kernel // 2)
-        n = 2 * groups * scale**2
-        self.offset = nn.Conv2d(in_channels, n, 1)
-        self.scope = nn.Conv2d(in_channels, n, 1, bias=False)
-        nn.init.trunc_normal_(self.offset.weight, std=0.02)
-        nn.init.zeros_(self.scope.weight)
-        self.register_buffer("init_pos", self._init_pos())
-
-    def _init_pos(self) -> torch.Tensor:
-        # (x, y) sub-pixel centres of the s x s cell, repeated per group: layout (xy, group, row, col).
-        s = self.scale
-        h = (torch.arange(s, dtype=torch.float32) - (s - 1) / 2) / s
-        pos = torch.stack([h.view(1, s).expand(s, s), h.view(s, 1).expand(s, s)])
-        return pos.unsqueeze(1).expand(2, self.groups, s, s).reshape(1, -1, 1, 1).clone()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        s, g = self.scale, self.groups
-        init_pos: torch.Tensor = self.init_pos  # type: ignore[assignment]
-        offset = self.offset(x) * self.scope(x).sigmoid() * 0.5 + init_pos.to(x.dtype)
-        xs = torch.arange(w, device=x.device, dtype=x.dtype) + 0.5
-        ys = torch.arange(h, device=x.device, dtype=x.dtype) + 0.5
-        base = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)]).view(1, 2, 1, h, w)
-        norm = torch.tensor([w, h], device=x.device, dtype=x.dtype).view(1, 2, 1, 1, 1)
-        grid = 2 * (base + offset.view(b, 2, -1, h, w)) / norm - 1
-        grid = F.pixel_shuffle(grid.reshape(b, -1, h, w), s).view(b, 2, g, s * h, s * w)
-        grid = grid.permute(0, 2, 3, 4, 1).reshape(b * g, s * h, s * w, 2)
-        out = F.grid_sample(x.reshape(b * g, c // g, h, w), grid, mode="bilinear", padding_mode="border",
-                            align_corners=False).view(b, c, s * h, s * w)
-        return self.end_conv(out) if self.end_convolution else out
 
 
 class LDA_AQU(nn.Module):  # noqa: N801 (upstream name)
@@ -205,14 +146,6 @@ class PA(nn.Module):
         return x * self.conv(x)
 
 
-def _is_pow2(n: int) -> bool:
-    return n > 0 and (n & (n - 1)) == 0
-
-
-def _unsupported(scale: int, allowed: str = "2^n and 3") -> ValueError:
-    return ValueError(f"scale {scale} is not supported. Supported scales: {allowed}.")
-
-
 class UniUpsampleV3(nn.Sequential):
     """The upsampler menu of umzi's archs (layer indices and keys as upstream). `MetaUpsample` is a uint8 record
     (version 3, method index, scale, in_dim, out_dim, mid_dim, group) kept in the state dict; like upstream's
@@ -229,16 +162,16 @@ class UniUpsampleV3(nn.Sequential):
             m += [nn.Conv2d(in_dim, out_dim * scale**2, 3, 1, 1), nn.PixelShuffle(scale)]
         elif upsample == "pixelshuffle":
             m += [nn.Conv2d(in_dim, mid_dim, 3, 1, 1), nn.LeakyReLU()]
-            if _is_pow2(scale):
+            if is_pow2(scale):
                 for _ in range(int(math.log2(scale))):
                     m += [nn.Conv2d(mid_dim, 4 * mid_dim, 3, 1, 1), nn.PixelShuffle(2)]
             elif scale == 3:
                 m += [nn.Conv2d(mid_dim, 9 * mid_dim, 3, 1, 1), nn.PixelShuffle(3)]
             else:
-                raise _unsupported(scale)
+                raise unsupported_scale(scale)
             m.append(nn.Conv2d(mid_dim, out_dim, 3, 1, 1))
         elif upsample == "nearest+conv":
-            if _is_pow2(scale):
+            if is_pow2(scale):
                 for _ in range(int(math.log2(scale))):
                     m += [nn.Conv2d(in_dim, in_dim, 3, 1, 1), nn.Upsample(scale_factor=2), nn.LeakyReLU(0.2)]
                 m += [nn.Conv2d(in_dim, in_dim, 3, 1, 1), nn.LeakyReLU(0.2)]
@@ -246,11 +179,13 @@ class UniUpsampleV3(nn.Sequential):
                 m += [nn.Conv2d(in_dim, in_dim, 3, 1, 1), nn.Upsample(scale_factor=scale), nn.LeakyReLU(0.2),
                       nn.Conv2d(in_dim, in_dim, 3, 1, 1), nn.LeakyReLU(0.2)]
             else:
-                raise _unsupported(scale)
+                raise unsupported_scale(scale)
             m.append(nn.Conv2d(in_dim, out_dim, 3, 1, 1))
         elif upsample == "dysample":
             if mid_dim != in_dim:
                 m += [nn.Conv2d(in_dim, mid_dim, 3, 1, 1), nn.LeakyReLU()]
+            if mid_dim <= group:  # umzi's DySample refuses in_channels == groups too (neosr's only fewer)
+                raise ValueError(f"DySample: in_channels={mid_dim} must be a multiple of groups={group}, larger")
             m.append(DySample(mid_dim, out_dim, scale, group, end_kernel=dysample_end_kernel))
         elif upsample == "transpose+conv":
             if scale == 2:
@@ -261,14 +196,14 @@ class UniUpsampleV3(nn.Sequential):
                 m += [nn.ConvTranspose2d(in_dim, in_dim, 4, 2, 1), nn.GELU(),
                       nn.ConvTranspose2d(in_dim, out_dim, 4, 2, 1)]
             else:
-                raise _unsupported(scale, "2, 3, 4")
+                raise unsupported_scale(scale, "2, 3, 4")
             m.append(nn.Conv2d(out_dim, out_dim, 3, 1, 1))
         elif upsample == "lda":
             if mid_dim != in_dim:
                 m += [nn.Conv2d(in_dim, mid_dim, 3, 1, 1), nn.LeakyReLU()]
             m += [LDA_AQU(mid_dim, scale_factor=scale), nn.Conv2d(mid_dim, out_dim, 3, 1, 1)]
         else:  # pa_up
-            if _is_pow2(scale):
+            if is_pow2(scale):
                 for _ in range(int(math.log2(scale))):
                     m += [nn.Upsample(scale_factor=2), nn.Conv2d(in_dim, mid_dim, 3, 1, 1), PA(mid_dim),
                           nn.LeakyReLU(0.2), nn.Conv2d(mid_dim, mid_dim, 3, 1, 1), nn.LeakyReLU(0.2)]
@@ -277,7 +212,7 @@ class UniUpsampleV3(nn.Sequential):
                 m += [nn.Upsample(scale_factor=3), nn.Conv2d(in_dim, mid_dim, 3, 1, 1), PA(mid_dim),
                       nn.LeakyReLU(0.2), nn.Conv2d(mid_dim, mid_dim, 3, 1, 1), nn.LeakyReLU(0.2)]
             else:
-                raise _unsupported(scale)
+                raise unsupported_scale(scale)
             m.append(nn.Conv2d(mid_dim, out_dim, 3, 1, 1))
         super().__init__(*m)
         record = [3, SAMPLE_MODS.index(upsample), scale, in_dim, out_dim, mid_dim, group]
@@ -297,12 +232,12 @@ class UniUpsampleV3(nn.Sequential):
 class FourierUnit(nn.Module):
     """rFFT2 (ortho) -> channels [Re(all) | Im(all)] -> RMSNorm -> depthwise 3x3 (+residual) -> 1x1 -> GELU ->
     read back as (Re c, Im c) pairs (upstream's layout; not the inverse of the input layout) -> inverse rFFT2 ->
-    RMSNorm. The spectral path runs in float32 (see `_fft.py`)."""
+    RMSNorm. The spectral path runs in float32 (see `layers/fft.py`)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.rn = RMSNorm(out_channels * 2)
-        self.post_norm = RMSNorm(out_channels)
+        self.rn = RMSNorm2d(out_channels * 2)
+        self.post_norm = RMSNorm2d(out_channels)
         self.fdc = nn.Conv2d(in_channels * 2, out_channels * 2, 1)
         self.fpe = nn.Conv2d(in_channels * 2, in_channels * 2, 3, padding=1, groups=in_channels * 2)
         self.gelu = nn.GELU()
@@ -352,7 +287,7 @@ class GatedCNNBlock(nn.Module):
         if hidden < dim:
             raise ValueError(f"expansion_ratio={expansion_ratio} gives {hidden} hidden channels, fewer than dim={dim}")
         self.gamma = nn.Parameter(torch.ones(1, dim, 1, 1))
-        self.norm = RMSNorm(dim)
+        self.norm = RMSNorm2d(dim)
         self.fc1 = nn.Conv2d(dim, hidden * 2, 3, 1, 1)
         self.act = nn.SiLU()
         self.split_indices = [hidden, hidden - dim, dim]
@@ -419,9 +354,7 @@ class GFISRV2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = (-h) % self.pad, (-w) % self.pad
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), "reflect" if min(h, w) > max(ph, pw) else "replicate")
+        x = pad_to_multiple(x, self.pad, mode="reflect_or_replicate")
         x = self.in_to_dim(x)
         x = self.gfisr_body(x) + x
         return self.upscale(x)[:, :, : h * self.scale, : w * self.scale]
@@ -488,8 +421,8 @@ def _meta_record(sd: StateDict) -> list[int] | None:
 
 def _upsampler_candidates(sd: StateDict, dim: int, in_nc: int,
                           up_fixed: int | None) -> Iterator[tuple[str, int, int, int]]:
-    shapes = _upscale_shapes(sd)
-    channels = sorted({s[i] for s in shapes.values() if len(s) == 4 for i in (0, 1)})
+    head = _upscale_shapes(sd)
+    channels = sorted({s[i] for s in head.values() if len(s) == 4 for i in (0, 1)})
     rec = _meta_record(sd)
     modes = ["pixelshuffledirect", *(m for m in SAMPLE_MODS if m != "pixelshuffledirect")]
     scales = [up_fixed] if up_fixed else list(_SCALES)
@@ -515,9 +448,9 @@ def _upsampler_candidates(sd: StateDict, dim: int, in_nc: int,
                     try:
                         with torch.device("meta"):
                             ref = UniUpsampleV3(mode, s, dim, out, mid, dysample_end_kernel=3).state_dict()
-                    except (ValueError, RuntimeError, TypeError, ZeroDivisionError):  # too few channels
+                    except BUILD_ERRORS:  # too few channels
                         continue
-                    if {k: tuple(v.shape) for k, v in ref.items()} == shapes:
+                    if shapes(ref) == head:
                         yield cand
 
 

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers.detect import same_keys_and_shapes
+from .layers.precision import LOW_PRECISION
 from .spec import ArchEntry, ArchSpec, StateDict
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SPADE_RE = re.compile(r"spade(\D+)(\d)x\d")
 
 
@@ -57,7 +58,7 @@ class SpectralNormConv2d(nn.Module):
                 v.copy_(F.normalize(mat.t().float() @ u.float(), dim=0, eps=self.eps).to(v.dtype))
                 u.copy_(F.normalize(mat.float() @ v.float(), dim=0, eps=self.eps).to(u.dtype))
             u, v = u.clone(), v.clone()
-        sigma = torch.dot(u.float(), mat.float() @ v.float()) if w.dtype in _LOW_PRECISION else torch.dot(u, mat @ v)
+        sigma = torch.dot(u.float(), mat.float() @ v.float()) if w.dtype in LOW_PRECISION else torch.dot(u, mat @ v)
         return w / sigma.to(w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,7 +151,7 @@ class SimplifiedLIP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logit = self.logit(x)
         dtype = x.dtype
-        if dtype in _LOW_PRECISION:
+        if dtype in LOW_PRECISION:
             x, logit = x.float(), logit.float()
         weight = logit.exp()
         out = F.avg_pool2d(x * weight, 3, 2, 1) / F.avg_pool2d(weight, 3, 2, 1)
@@ -342,13 +343,7 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
     ks = int(sd["head_0.norm_0.mlp_shared.0.weight"].shape[-1])
     kwargs["norm_g"] = f"{'spectral' if spectral else ''}spade{norm}{ks}x{ks}"
     kwargs.update(is_train=True, init_train_phase=3)
-    try:
-        with torch.device("meta"):
-            model = HiFaceGAN(**kwargs)
-    except (ValueError, RuntimeError, TypeError):
-        return None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return kwargs if expected == {k: tuple(v.shape) for k, v in sd.items()} else None
+    return kwargs if same_keys_and_shapes(lambda: HiFaceGAN(**kwargs), sd) else None
 
 
 ARCHS: tuple[ArchEntry, ...] = (

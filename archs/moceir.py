@@ -33,18 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import list_length, same_keys_and_shapes
-from ._restormer import (
+from .layers.detect import list_length, same_keys_and_shapes
+from .layers.norm import RestormerLayerNorm
+from .layers.padding import pad_to_multiple
+from .layers.restormer import (
     GLOBAL_CONTEXT_CAP,
     Attention,
     Downsample,
     FeedForward,
-    LayerNorm,
     OverlapPatchEmbed,
     Upsample,
     channel_attention,
     ffn_factor,
-    pad_to_multiple,
     unet_radius,
 )
 from .spec import ArchEntry, ArchSpec, StateDict
@@ -87,15 +87,15 @@ class FFTAttention(nn.Module):
         self.q_dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.kv = nn.Conv2d(dim, dim * 2, 1, bias=False)
         self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, 7, padding=3, groups=dim * 2)
-        self.norm = LayerNorm(dim, "WithBias")
+        self.norm = RestormerLayerNorm(dim, "WithBias")
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         p = self.patch_size
-        q = pad_zero(self.q_dwconv(self.q(x)), p)
+        q = pad_to_multiple(self.q_dwconv(self.q(x)), p, mode="zeros")
         k, v = self.kv_dwconv(self.kv(x)).chunk(2, dim=1)
-        kp = pad_zero(k, p)
+        kp = pad_to_multiple(k, p, mode="zeros")
         hp, wp = q.shape[-2:]
         # (b, c, rows, p, cols, p): transform over the two in-patch axes, no permute needed
         dims = (3, 5)
@@ -104,12 +104,6 @@ class FFTAttention(nn.Module):
         out = torch.fft.irfft2(qf * kf, s=(p, p), dim=dims).reshape(b, c, hp, wp)[..., :h, :w]
         out = self.norm(out.to(x.dtype))
         return self.proj_out(out * v)
-
-
-def pad_zero(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
 
 class ModExpert(nn.Module):
@@ -298,7 +292,7 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, ffn_expansion_factor: float, bias: bool, LayerNorm_type: str):
         super().__init__()
-        self.norms = nn.ModuleList([LayerNorm(dim, LayerNorm_type), LayerNorm(dim, LayerNorm_type)])
+        self.norms = nn.ModuleList([RestormerLayerNorm(dim, LayerNorm_type), RestormerLayerNorm(dim, LayerNorm_type)])
         self.mixer = Attention(dim, num_heads, bias)
         self.ffn = FeedForward(dim, ffn_expansion_factor, bias)
 
@@ -331,7 +325,7 @@ class DecoderBlock(nn.Module):
         complexity_scale: str,
     ) -> None:
         super().__init__()
-        self.norms = nn.ModuleList([LayerNorm(dim, LayerNorm_type), LayerNorm(dim, LayerNorm_type)])
+        self.norms = nn.ModuleList([RestormerLayerNorm(dim, LayerNorm_type), RestormerLayerNorm(dim, LayerNorm_type)])
         self.proj = nn.ModuleList([nn.Conv2d(dim, dim, 1), nn.Conv2d(dim, dim, 1)])
         self.shared = Attention(dim, num_heads, bias)
         self.mixer = CrossAttention(dim, num_heads, bias)
@@ -496,7 +490,7 @@ class MoCEIR(nn.Module):
         if not 1 <= k <= self.num_experts:
             raise ValueError(f"topk must be in 1..{self.num_experts}, got {k}")
         h, w = x.shape[-2:]
-        inp = pad_to_multiple(x, 2 ** (self.levels - 1))
+        inp = pad_to_multiple(x, 2 ** (self.levels - 1), mode="reflect_or_replicate")
         feats = self.patch_embed(inp)
         skips = []
         for group, down in self.enc:  # type: ignore[misc]

@@ -12,17 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._blocks import (
-    LayerNorm2d,
-    NAFBlock,
-    dropout_or_identity,
-    pad_to_multiple,
-    same_keys_and_shapes,
-    unet_context,
-    unet_layout,
-    unet_levels,
-)
-from ._tlc import default_base_size, localize
+from .layers.detect import same_keys_and_shapes
+from .layers.naf import NAFBlock, dropout_or_identity, unet_context, unet_layout, unet_levels
+from .layers.norm import LayerNorm2d
+from .layers.padding import pad_to_multiple
+from .layers.tlc import default_base_size, localize
 from .spec import ArchEntry, ArchSpec, StateDict, Task, TilingHint
 
 __all__ = [
@@ -115,7 +109,7 @@ class _UNet(nn.Module):
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         H, W = inp.shape[-2:]
-        inp = pad_to_multiple(inp, self.padder_size)
+        inp = pad_to_multiple(inp, self.padder_size, mode="zeros")
         x = self.intro(inp)
         skips = []
         for encoder, down in zip(self.encoders, self.downs, strict=True):

@@ -8,15 +8,15 @@ neosr reads the default `upscaling_factor` from its CLI options at import time; 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import trunc_normal_
 
+from .layers.detect import pixel_shuffle_scale, same_keys_and_shapes
+from .layers.upsample import DySample
 from .spec import ArchEntry, ArchSpec, StateDict
 
 _CCM_TYPES = ("CCM", "ICCM", "DCCM")
@@ -239,57 +239,6 @@ class PLKSR(nn.Module):
         return self.to_img(self.feats(x) + base)
 
 
-class DySample(nn.Module):
-    """neosr's DySample upsampler ("Learning to Upsample by Learning to Sample", arXiv:2308.15085).
-
-    Every input channel group is resampled bilinearly at s x s learned positions around each pixel
-    (init_pos + offset * sigmoid(scope) / 2), then a 1x1 conv maps to out_ch.
-    """
-
-    def __init__(self, in_channels: int, out_ch: int, scale: int = 2, groups: int = 4, end_convolution: bool = True):
-        super().__init__()
-        if in_channels < groups or in_channels % groups != 0:
-            raise ValueError(f"DySample: in_channels={in_channels} must be a multiple of groups={groups}")
-        self.scale = scale
-        self.groups = groups
-        self.end_convolution = end_convolution
-        if end_convolution:
-            self.end_conv = nn.Conv2d(in_channels, out_ch, kernel_size=1)
-        n_offsets = 2 * groups * scale**2
-        self.offset = nn.Conv2d(in_channels, n_offsets, 1)
-        self.scope = nn.Conv2d(in_channels, n_offsets, 1, bias=False)
-        trunc_normal_(self.offset.weight, std=0.02)
-        nn.init.zeros_(self.scope.weight)
-        self.register_buffer("init_pos", self._initial_positions())
-
-    def _initial_positions(self) -> torch.Tensor:
-        # Sub-pixel centres of the s x s output cell, in input-pixel units, laid out (xy, group, row, col).
-        s = self.scale
-        h = (torch.arange(s, dtype=torch.float32) - (s - 1) / 2) / s
-        x_off = h.view(1, s).expand(s, s)  # varies along the cell's columns
-        y_off = h.view(s, 1).expand(s, s)  # varies along the cell's rows
-        pos = torch.stack([x_off, y_off]).unsqueeze(1).expand(2, self.groups, s, s)
-        return pos.reshape(1, -1, 1, 1).clone()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        s, g = self.scale, self.groups
-        offset = self.offset(x) * self.scope(x).sigmoid() * 0.5 + self.init_pos
-        # Sampling positions in input pixels (pixel centres at +0.5), then normalised to [-1, 1] for grid_sample.
-        xs = torch.arange(w, device=x.device, dtype=x.dtype) + 0.5
-        ys = torch.arange(h, device=x.device, dtype=x.dtype) + 0.5
-        base = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)]).view(1, 2, 1, h, w)
-        size = torch.tensor([w, h], device=x.device, dtype=x.dtype).view(1, 2, 1, 1, 1)
-        grid = 2 * (base + offset.view(b, 2, -1, h, w)) / size - 1
-        # (b, 2*g*s*s, h, w) -> shuffle -> (b*g, s*h, s*w, 2) with (x, y) last.
-        grid = F.pixel_shuffle(grid.reshape(b, -1, h, w), s).view(b, 2, g, s * h, s * w)
-        grid = grid.permute(0, 2, 3, 4, 1).reshape(b * g, s * h, s * w, 2)
-        out = F.grid_sample(
-            x.reshape(b * g, c // g, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False
-        ).view(b, c, s * h, s * w)
-        return self.end_conv(out) if self.end_convolution else out
-
-
 class RealPLKBlock(nn.Module):
     """RealPLKSR block: Mish DCCM -> partial large kernel -> EA -> 1x1 refine -> GroupNorm, plus the skip."""
 
@@ -440,31 +389,11 @@ def _describe_realplksr(kw: dict[str, Any]) -> ArchSpec:
 # dropout; SparsePLK's dilations (see _detect_sparse).
 
 
-def _shapes(sd: StateDict) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in sd.items()}
-
-
-def _rebuilds(cls: type[nn.Module], kwargs: dict[str, Any], sd: StateDict) -> bool:
-    try:
-        with torch.device("meta"):
-            model = cls(**kwargs)
-    except (ValueError, RuntimeError, TypeError):
-        return False
-    return _shapes(model.state_dict()) == _shapes(sd)
-
-
 def _count_blocks(sd: StateDict, marker: str) -> int:
     n = 0
     while f"feats.{n + 1}.{marker}" in sd:
         n += 1
     return n
-
-
-def _scale_from_tail(tail_out: int, out_ch: int) -> int | None:
-    if out_ch <= 0 or tail_out % out_ch:
-        return None
-    s = math.isqrt(tail_out // out_ch)
-    return s if s >= 1 and s * s * out_ch == tail_out else None
 
 
 def _split_ratio(pdim: int, dim: int) -> float:
@@ -501,7 +430,7 @@ def _detect_plksr(sd: StateDict) -> dict[str, Any] | None:
         return None
     dim, in_ch = int(head.shape[0]), int(head.shape[1])
     # The input skip (repeat_interleave) is added to the tail's output, so out channels = in channels.
-    scale = _scale_from_tail(int(tail.shape[0]), in_ch)
+    scale = pixel_shuffle_scale(int(tail.shape[0]), in_ch)
     if scale is None:
         return None
     k0 = int(sd["feats.1.channe_mixer.0.weight"].shape[-1])
@@ -534,7 +463,7 @@ def _detect_plksr(sd: StateDict) -> dict[str, Any] | None:
     else:
         return None
     kwargs["split_ratio"] = _split_ratio(int(w.shape[0]), dim)
-    return kwargs if _rebuilds(PLKSR, kwargs, sd) else None
+    return kwargs if same_keys_and_shapes(lambda: PLKSR(**kwargs), sd) else None
 
 
 def _detect_realplksr(sd: StateDict) -> dict[str, Any] | None:
@@ -549,7 +478,7 @@ def _detect_realplksr(sd: StateDict) -> dict[str, Any] | None:
     dim, in_ch = int(head.shape[0]), int(head.shape[1])
     dysample = "to_img.offset.weight" in sd
     out_ch = int(sd["to_img.end_conv.weight"].shape[0]) if "to_img.end_conv.weight" in sd else in_ch
-    scale = _scale_from_tail(int(tail.shape[0]), out_ch)
+    scale = pixel_shuffle_scale(int(tail.shape[0]), out_ch)
     if scale is None:
         return None
     kwargs: dict[str, Any] = {
@@ -563,7 +492,7 @@ def _detect_realplksr(sd: StateDict) -> dict[str, Any] | None:
         "use_ea": "feats.1.attn.f.0.weight" in sd,
         "dysample": dysample,
     }
-    return kwargs if _rebuilds(RealPLKSR, kwargs, sd) else None
+    return kwargs if same_keys_and_shapes(lambda: RealPLKSR(**kwargs), sd) else None
 
 
 ARCHS: tuple[ArchEntry, ...] = (

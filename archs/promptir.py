@@ -23,25 +23,24 @@ do not reproduce a whole-image run exactly: tiling hint "global".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import list_length, same_keys_and_shapes
-from ._restormer import (
+from .layers.detect import list_length, same_keys_and_shapes
+from .layers.norm import RestormerLayerNorm
+from .layers.padding import pad_to_multiple
+from .layers.restormer import (
     GLOBAL_CONTEXT_CAP,
-    Downsample,
     FeedForward,
-    LayerNorm,
-    OverlapPatchEmbed,
+    RestormerUNet,
     TransformerBlock,
     Upsample,
     channel_attention,
     ffn_factor,
-    pad_to_multiple,
     transformer_stage,
     unet_radius,
 )
@@ -49,7 +48,7 @@ from .spec import ArchEntry, ArchSpec, StateDict, Task
 
 __all__ = ["ARCHS", "ChannelShuffle_skip_textguaid", "PromptGenBlock", "PromptIR", "Restormer"]
 
-_MULTIPLE = 8  # three pixel-unshuffle downsamplings
+_MULTIPLE = RestormerUNet.UNET_MULTIPLE
 _APL = "Academic Public License (non-commercial)"
 
 
@@ -58,7 +57,12 @@ def _check_levels(num_blocks: Sequence[int], heads: Sequence[int]) -> None:
         raise ValueError(f"num_blocks and heads need 4 entries (3 encoder levels + latent), got {num_blocks}, {heads}")
 
 
-class Restormer(nn.Module):
+def _stages(heads: Sequence[int], ffn: float, bias: bool, ln: str) -> Callable[[int, int, int], nn.Module]:
+    """Restormer's stage factory: `n` MDTA/GDFN blocks with the heads of their level."""
+    return lambda n, level, width: transformer_stage(n, width, heads[level], ffn, bias, ln)
+
+
+class Restormer(RestormerUNet):
     """Restormer: 4-level U-Net of MDTA/GDFN transformer blocks, refinement at full size, global residual.
 
     `dual_pixel_task=True` (dual-pixel defocus deblurring, inp_channels=6) adds a 1x1 skip from the embedding and
@@ -81,24 +85,9 @@ class Restormer(nn.Module):
     ) -> None:
         super().__init__()
         _check_levels(num_blocks, heads)
-        ffn, ln = ffn_expansion_factor, LayerNorm_type
-        self.patch_embed = OverlapPatchEmbed(inp_channels, dim)
-        self.encoder_level1 = transformer_stage(num_blocks[0], dim, heads[0], ffn, bias, ln)
-        self.down1_2 = Downsample(dim)
-        self.encoder_level2 = transformer_stage(num_blocks[1], dim * 2, heads[1], ffn, bias, ln)
-        self.down2_3 = Downsample(dim * 2)
-        self.encoder_level3 = transformer_stage(num_blocks[2], dim * 4, heads[2], ffn, bias, ln)
-        self.down3_4 = Downsample(dim * 4)
-        self.latent = transformer_stage(num_blocks[3], dim * 8, heads[3], ffn, bias, ln)
-        self.up4_3 = Upsample(dim * 8)
-        self.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, 1, bias=bias)
-        self.decoder_level3 = transformer_stage(num_blocks[2], dim * 4, heads[2], ffn, bias, ln)
-        self.up3_2 = Upsample(dim * 4)
-        self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, 1, bias=bias)
-        self.decoder_level2 = transformer_stage(num_blocks[1], dim * 2, heads[1], ffn, bias, ln)
-        self.up2_1 = Upsample(dim * 2)  # no channel reduction: level 1 runs at 2 * dim
-        self.decoder_level1 = transformer_stage(num_blocks[0], dim * 2, heads[0], ffn, bias, ln)
-        self.refinement = transformer_stage(num_refinement_blocks, dim * 2, heads[0], ffn, bias, ln)
+        self._build_unet(inp_channels=inp_channels, dim=dim, num_blocks=num_blocks,
+                         num_refinement_blocks=num_refinement_blocks,
+                         stage=_stages(heads, ffn_expansion_factor, bias, LayerNorm_type), bias=bias)
         self.dual_pixel_task = dual_pixel_task
         if dual_pixel_task:
             self.skip_conv = nn.Conv2d(dim, dim * 2, 1, bias=bias)
@@ -106,15 +95,9 @@ class Restormer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        inp = pad_to_multiple(x, _MULTIPLE)
+        inp = pad_to_multiple(x, _MULTIPLE, mode="reflect_or_replicate")
         emb = self.patch_embed(inp)
-        enc1 = self.encoder_level1(emb)
-        enc2 = self.encoder_level2(self.down1_2(enc1))
-        enc3 = self.encoder_level3(self.down2_3(enc2))
-        latent = self.latent(self.down3_4(enc3))
-        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)))
-        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)))
-        dec1 = self.refinement(self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1)))
+        dec1 = self._run_unet(emb)
         if self.dual_pixel_task:  # no global residual on this path
             return self.output(dec1 + self.skip_conv(emb))[..., :h, :w]
         return (self.output(dec1) + inp)[..., :h, :w]
@@ -138,7 +121,7 @@ class PromptGenBlock(nn.Module):
         return self.conv3x3(prompt)
 
 
-class PromptIR(nn.Module):
+class PromptIR(RestormerUNet):
     """PromptIR: Restormer whose decoder levels 3, 2, 1 concatenate a generated prompt and run one extra
     transformer block ("noise_level") on the widened map before reducing it back.
 
@@ -171,54 +154,58 @@ class PromptIR(nn.Module):
             raise ValueError(f"PromptIR's prompt and noise-level widths are hard-coded for dim=48, got dim={dim}")
         ffn, ln = ffn_expansion_factor, LayerNorm_type
         self.decoder = decoder
-        self.patch_embed = OverlapPatchEmbed(inp_channels, dim)
-        self.prompt1 = PromptGenBlock(prompt_dim=64, prompt_len=5, prompt_size=64, lin_dim=96)
-        self.prompt2 = PromptGenBlock(prompt_dim=128, prompt_len=5, prompt_size=32, lin_dim=192)
-        self.prompt3 = PromptGenBlock(prompt_dim=320, prompt_len=5, prompt_size=16, lin_dim=384)
-        # unused upstream, present in its state dict
-        self.chnl_reduce1 = nn.Conv2d(64, 64, 1, bias=bias)
-        self.chnl_reduce2 = nn.Conv2d(128, 128, 1, bias=bias)
-        self.chnl_reduce3 = nn.Conv2d(320, 256, 1, bias=bias)
-        self.reduce_noise_channel_1 = nn.Conv2d(dim + 64, dim, 1, bias=bias)
-        self.encoder_level1 = transformer_stage(num_blocks[0], dim, heads[0], ffn, bias, ln)
-        self.down1_2 = Downsample(dim)
-        self.reduce_noise_channel_2 = nn.Conv2d(dim * 2 + 128, dim * 2, 1, bias=bias)
-        self.encoder_level2 = transformer_stage(num_blocks[1], dim * 2, heads[1], ffn, bias, ln)
-        self.down2_3 = Downsample(dim * 2)
-        self.reduce_noise_channel_3 = nn.Conv2d(dim * 4 + 256, dim * 4, 1, bias=bias)
-        self.encoder_level3 = transformer_stage(num_blocks[2], dim * 4, heads[2], ffn, bias, ln)
-        self.down3_4 = Downsample(dim * 4)
-        self.latent = transformer_stage(num_blocks[3], dim * 8, heads[3], ffn, bias, ln)
-        self.up4_3 = Upsample(dim * 4)  # after reduce_noise_level3 the latent has 4 * dim channels
-        self.reduce_chan_level3 = nn.Conv2d(dim * 2 + 192, dim * 4, 1, bias=bias)
-        self.noise_level3 = TransformerBlock(dim * 4 + 512, heads[2], ffn, bias, ln)
-        self.reduce_noise_level3 = nn.Conv2d(dim * 4 + 512, dim * 4, 1, bias=bias)
-        self.decoder_level3 = transformer_stage(num_blocks[2], dim * 4, heads[2], ffn, bias, ln)
-        self.up3_2 = Upsample(dim * 4)
-        self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, 1, bias=bias)
-        self.noise_level2 = TransformerBlock(dim * 2 + 224, heads[2], ffn, bias, ln)
-        self.reduce_noise_level2 = nn.Conv2d(dim * 2 + 224, dim * 4, 1, bias=bias)
-        self.decoder_level2 = transformer_stage(num_blocks[1], dim * 2, heads[1], ffn, bias, ln)
-        self.up2_1 = Upsample(dim * 2)
-        self.noise_level1 = TransformerBlock(dim * 2 + 64, heads[2], ffn, bias, ln)
-        self.reduce_noise_level1 = nn.Conv2d(dim * 2 + 64, dim * 2, 1, bias=bias)
-        self.decoder_level1 = transformer_stage(num_blocks[0], dim * 2, heads[0], ffn, bias, ln)
-        self.refinement = transformer_stage(num_refinement_blocks, dim * 2, heads[0], ffn, bias, ln)
+
+        def conv1x1(c_in: int, c_out: int) -> Callable[[], nn.Module]:
+            return lambda: nn.Conv2d(c_in, c_out, 1, bias=bias)
+
+        def noise_block(width: int) -> Callable[[], nn.Module]:
+            return lambda: TransformerBlock(width, heads[2], ffn, bias, ln)  # heads[2] at every level, as upstream
+
+        self._build_unet(
+            inp_channels=inp_channels, dim=dim, num_blocks=num_blocks, num_refinement_blocks=num_refinement_blocks,
+            stage=_stages(heads, ffn, bias, ln), bias=bias,
+            replace={
+                "up4_3": lambda: Upsample(dim * 4),  # after reduce_noise_level3 the latent has 4 * dim channels
+                "reduce_chan_level3": conv1x1(dim * 2 + 192, dim * 4),
+            },
+            after={
+                "patch_embed": {
+                    "prompt1": lambda: PromptGenBlock(prompt_dim=64, prompt_len=5, prompt_size=64, lin_dim=96),
+                    "prompt2": lambda: PromptGenBlock(prompt_dim=128, prompt_len=5, prompt_size=32, lin_dim=192),
+                    "prompt3": lambda: PromptGenBlock(prompt_dim=320, prompt_len=5, prompt_size=16, lin_dim=384),
+                    # unused upstream, present in its state dict
+                    "chnl_reduce1": conv1x1(64, 64),
+                    "chnl_reduce2": conv1x1(128, 128),
+                    "chnl_reduce3": conv1x1(320, 256),
+                    "reduce_noise_channel_1": conv1x1(dim + 64, dim),
+                },
+                "down1_2": {"reduce_noise_channel_2": conv1x1(dim * 2 + 128, dim * 2)},
+                "down2_3": {"reduce_noise_channel_3": conv1x1(dim * 4 + 256, dim * 4)},
+                "reduce_chan_level3": {"noise_level3": noise_block(dim * 4 + 512),
+                                       "reduce_noise_level3": conv1x1(dim * 4 + 512, dim * 4)},
+                "reduce_chan_level2": {"noise_level2": noise_block(dim * 2 + 224),
+                                       "reduce_noise_level2": conv1x1(dim * 2 + 224, dim * 4)},
+                "up2_1": {"noise_level1": noise_block(dim * 2 + 64),
+                          "reduce_noise_level1": conv1x1(dim * 2 + 64, dim * 2)},
+            },
+        )
         self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1, bias=bias)
+
+    def _prompted(self, level: int, x: torch.Tensor) -> torch.Tensor:
+        """The prompt of `level` concatenated to x, one transformer block, reduced back (upstream's noise_level)."""
+        prompt = getattr(self, f"prompt{level}")
+        block = getattr(self, f"noise_level{level}")
+        reduce = getattr(self, f"reduce_noise_level{level}")
+        return reduce(block(torch.cat([x, prompt(x)], 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        inp = pad_to_multiple(x, _MULTIPLE)
-        enc1 = self.encoder_level1(self.patch_embed(inp))
-        enc2 = self.encoder_level2(self.down1_2(enc1))
-        enc3 = self.encoder_level3(self.down2_3(enc2))
-        latent = self.latent(self.down3_4(enc3))
-        latent = self.reduce_noise_level3(self.noise_level3(torch.cat([latent, self.prompt3(latent)], 1)))
-        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)))
-        dec3 = self.reduce_noise_level2(self.noise_level2(torch.cat([dec3, self.prompt2(dec3)], 1)))
-        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)))
-        dec2 = self.reduce_noise_level1(self.noise_level1(torch.cat([dec2, self.prompt1(dec2)], 1)))
-        dec1 = self.refinement(self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1)))
+        inp = pad_to_multiple(x, _MULTIPLE, mode="reflect_or_replicate")
+        dec1 = self._run_unet(
+            self.patch_embed(inp),
+            on_latent=lambda t: self._prompted(3, t),
+            on_decoded=lambda level, t: self._prompted(level - 1, t),  # after decoder 3: prompt 2; after 2: 1
+        )
         return (self.output(dec1) + inp)[..., :h, :w]
 
 
@@ -273,9 +260,9 @@ class TextChannelShuffle(nn.Module):
         self.linear_layer3 = nn.Linear(lin_ch, 2 * ch_dim)
         self.conv1x1 = nn.Conv2d(ch_dim, 2 * ch_dim, 1)
         self.conv_out = nn.Conv2d(2 * ch_dim, ch_dim, 1)
-        self.norm1 = LayerNorm(ch_dim, LayerNorm_type)
-        self.norm2 = LayerNorm(ch_dim, LayerNorm_type)
-        self.norm3 = LayerNorm(ch_dim, LayerNorm_type)
+        self.norm1 = RestormerLayerNorm(ch_dim, LayerNorm_type)
+        self.norm2 = RestormerLayerNorm(ch_dim, LayerNorm_type)
+        self.norm3 = RestormerLayerNorm(ch_dim, LayerNorm_type)
         self.select_attn = TopMCrossAttention(ch_dim, num_heads, bias=False)
         self.ffn = FeedForward(ch_dim, ffn_expansion_factor, bias)
 
@@ -291,7 +278,7 @@ class TextChannelShuffle(nn.Module):
         return att + self.ffn(self.norm3(att))
 
 
-class ChannelShuffle_skip_textguaid(nn.Module):  # noqa: N801 (upstream class name)
+class ChannelShuffle_skip_textguaid(RestormerUNet):  # noqa: N801 (upstream class name)
     """DFPIR: Restormer whose latent and three skip connections pass through text-guided channel shuffles.
 
     Runtime option: `model.text_embedding`, a float tensor of shape (512,), (1, 512) or (B, 512): the OpenAI-CLIP
@@ -330,27 +317,16 @@ class ChannelShuffle_skip_textguaid(nn.Module):  # noqa: N801 (upstream class na
             return TextChannelShuffle(ch_dim=ch, num_heads=nh, LayerNorm_type=ln, ffn_expansion_factor=ffn, bias=bias)
 
         self.text_embedding: torch.Tensor | None = None
-        self.patch_embed = OverlapPatchEmbed(inp_channels, dim)
-        self.encoder_level1 = transformer_stage(num_blocks[0], dim, heads[0], ffn, bias, ln)
-        self.encoder_shuffle_channel1 = shuffle(dim, heads[0])
-        self.down1_2 = Downsample(dim)
-        self.encoder_level2 = transformer_stage(num_blocks[1], dim * 2, heads[1], ffn, bias, ln)
-        self.encoder_shuffle_channel2 = shuffle(dim * 2, heads[1])
-        self.down2_3 = Downsample(dim * 2)
-        self.encoder_level3 = transformer_stage(num_blocks[2], dim * 4, heads[2], ffn, bias, ln)
-        self.encoder_shuffle_channel3 = shuffle(dim * 4, heads[2])
-        self.down3_4 = Downsample(dim * 4)
-        self.latent = transformer_stage(num_blocks[3], dim * 8, heads[3], ffn, bias, ln)
-        self.latent_shuffle_channel = shuffle(dim * 8, heads[3])
-        self.up4_3 = Upsample(dim * 8)
-        self.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, 1, bias=bias)
-        self.decoder_level3 = transformer_stage(num_blocks[2], dim * 4, heads[2], ffn, bias, ln)
-        self.up3_2 = Upsample(dim * 4)
-        self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, 1, bias=bias)
-        self.decoder_level2 = transformer_stage(num_blocks[1], dim * 2, heads[1], ffn, bias, ln)
-        self.up2_1 = Upsample(dim * 2)
-        self.decoder_level1 = transformer_stage(num_blocks[0], dim * 2, heads[0], ffn, bias, ln)
-        self.refinement = transformer_stage(num_refinement_blocks, dim * 2, heads[0], ffn, bias, ln)
+        self._build_unet(
+            inp_channels=inp_channels, dim=dim, num_blocks=num_blocks, num_refinement_blocks=num_refinement_blocks,
+            stage=_stages(heads, ffn, bias, ln), bias=bias,
+            after={
+                "encoder_level1": {"encoder_shuffle_channel1": lambda: shuffle(dim, heads[0])},
+                "encoder_level2": {"encoder_shuffle_channel2": lambda: shuffle(dim * 2, heads[1])},
+                "encoder_level3": {"encoder_shuffle_channel3": lambda: shuffle(dim * 4, heads[2])},
+                "latent": {"latent_shuffle_channel": lambda: shuffle(dim * 8, heads[3])},
+            },
+        )
         self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1, bias=bias)
 
     def _text(self, x: torch.Tensor, text_embedding: torch.Tensor | None) -> torch.Tensor:
@@ -367,17 +343,12 @@ class ChannelShuffle_skip_textguaid(nn.Module):  # noqa: N801 (upstream class na
     def forward(self, x: torch.Tensor, text_embedding: torch.Tensor | None = None) -> torch.Tensor:
         text = self._text(x, text_embedding)
         h, w = x.shape[-2:]
-        inp = pad_to_multiple(x, _MULTIPLE)
-        enc1 = self.encoder_level1(self.patch_embed(inp))
-        enc2 = self.encoder_level2(self.down1_2(enc1))
-        enc3 = self.encoder_level3(self.down2_3(enc2))
-        latent = self.latent_shuffle_channel(self.latent(self.down3_4(enc3)), text)
-        skip3 = self.encoder_shuffle_channel3(enc3, text)
-        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), skip3], 1)))
-        skip2 = self.encoder_shuffle_channel2(enc2, text)
-        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), skip2], 1)))
-        skip1 = self.encoder_shuffle_channel1(enc1, text)
-        dec1 = self.refinement(self.decoder_level1(torch.cat([self.up2_1(dec2), skip1], 1)))
+        inp = pad_to_multiple(x, _MULTIPLE, mode="reflect_or_replicate")
+        dec1 = self._run_unet(
+            self.patch_embed(inp),
+            on_latent=lambda t: self.latent_shuffle_channel(t, text),
+            on_skip=lambda level, t: getattr(self, f"encoder_shuffle_channel{level}")(t, text),
+        )
         return (self.output(dec1) + inp)[..., :h, :w]
 
 

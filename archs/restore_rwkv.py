@@ -31,13 +31,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._blocks import list_length, same_keys_and_shapes
-from ._reparam import Reparameterizable, fusion_dtype, set_fused
-from ._restormer import GLOBAL_CONTEXT_CAP, Downsample, Upsample, pad_to_multiple, unet_radius
+from .layers.detect import list_length, same_keys_and_shapes
+from .layers.padding import pad_to_multiple
+from .layers.reparam import Reparameterizable, fusion_dtype, set_fused
+from .layers.restormer import GLOBAL_CONTEXT_CAP, RestormerUNet, unet_radius
 from .ops.bi_wkv import bi_wkv
 from .spec import ArchEntry, ArchSpec, StateDict
 
-_MULTIPLE = 8  # three pixel-unshuffle downsamplings
+_MULTIPLE = RestormerUNet.UNET_MULTIPLE
 
 
 class OmniShift(Reparameterizable):
@@ -165,7 +166,7 @@ def _blocks(n: int, dim: int) -> nn.Sequential:
     return nn.Sequential(*[Block(dim) for _ in range(n)])
 
 
-class Restore_RWKV(nn.Module):  # noqa: N801 (upstream name)
+class Restore_RWKV(RestormerUNet):  # noqa: N801 (upstream name)
     """4-level U-Net of RWKV blocks (dim, 2 dim, 4 dim, 8 dim); level 1 decodes and refines at 2 dim."""
 
     def __init__(
@@ -178,39 +179,18 @@ class Restore_RWKV(nn.Module):  # noqa: N801 (upstream name)
         num_refinement_blocks: int = 4,
     ) -> None:
         super().__init__()
-        if len(num_blocks) != 4:
-            raise ValueError(f"num_blocks needs 4 entries (three levels and the latent), got {list(num_blocks)}")
-        nb = [int(n) for n in num_blocks]
-        self.patch_embed = nn.Conv2d(inp_channels, dim, 3, padding=1)
-        self.encoder_level1 = _blocks(nb[0], dim)
-        self.down1_2 = Downsample(dim)
-        self.encoder_level2 = _blocks(nb[1], dim * 2)
-        self.down2_3 = Downsample(dim * 2)
-        self.encoder_level3 = _blocks(nb[2], dim * 4)
-        self.down3_4 = Downsample(dim * 4)
-        self.latent = _blocks(nb[3], dim * 8)
-        self.up4_3 = Upsample(dim * 8)
-        self.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, 1)
-        self.decoder_level3 = _blocks(nb[2], dim * 4)
-        self.up3_2 = Upsample(dim * 4)
-        self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, 1)
-        self.decoder_level2 = _blocks(nb[1], dim * 2)
-        self.up2_1 = Upsample(dim * 2)  # no channel reduction: level 1 decodes at 2 dim
-        self.decoder_level1 = _blocks(nb[0], dim * 2)
-        self.refinement = _blocks(num_refinement_blocks, dim * 2)
+        self._build_unet(
+            inp_channels=inp_channels, dim=dim, num_blocks=num_blocks, num_refinement_blocks=num_refinement_blocks,
+            stage=lambda n, level, width: _blocks(n, width),
+            bias=True,
+            replace={"patch_embed": lambda: nn.Conv2d(inp_channels, dim, 3, padding=1)},
+        )
         self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        inp = pad_to_multiple(x, _MULTIPLE)
-        enc1 = self.encoder_level1(self.patch_embed(inp))
-        enc2 = self.encoder_level2(self.down1_2(enc1))
-        enc3 = self.encoder_level3(self.down2_3(enc2))
-        latent = self.latent(self.down3_4(enc3))
-        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)))
-        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)))
-        dec1 = self.refinement(self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1)))
-        return (self.output(dec1) + inp)[..., :h, :w]
+        inp = pad_to_multiple(x, _MULTIPLE, mode="reflect_or_replicate")
+        return (self.output(self._run_unet(self.patch_embed(inp))) + inp)[..., :h, :w]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

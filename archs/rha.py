@@ -17,14 +17,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.init import trunc_normal_
 
-from ._blocks import LayerNorm2d
-from ._reparam import Reparameterizable, fusion_dtype, set_fused
-from .plksr import DySample
+from .layers.detect import buffer_value, list_length, ratio_for, same_keys_and_shapes, scale_and_out_channels
+from .layers.norm import LayerNorm2d
+from .layers.padding import pad_to_multiple
+from .layers.precision import LOW_PRECISION
+from .layers.reparam import Reparameterizable, fusion_dtype, set_fused
+from .layers.upsample import DySample, is_pow2, unsupported_scale
+from .layers.window import window_partition, window_reverse
 from .spec import ArchEntry, ArchSpec, StateDict, Task
 
 SampleMods = Literal["conv", "pixelshuffledirect", "pixelshuffle", "nearest+conv", "dysample"]
 _SAMPLE_MODS: tuple[str, ...] = ("conv", "pixelshuffledirect", "pixelshuffle", "nearest+conv", "dysample")
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class UniUpsample(nn.Sequential):
@@ -41,7 +44,7 @@ class UniUpsample(nn.Sequential):
     ) -> None:
         if upsample not in _SAMPLE_MODS:
             raise ValueError(f"unknown upsample {upsample!r}; choose one of {_SAMPLE_MODS}")
-        pow2 = scale > 0 and scale & (scale - 1) == 0
+        pow2 = is_pow2(scale)
         m: list[nn.Module] = []
         if scale == 1 or upsample == "conv":
             m.append(nn.Conv2d(in_dim, out_dim, 3, 1, 1))
@@ -55,7 +58,7 @@ class UniUpsample(nn.Sequential):
             elif scale == 3:
                 m += [nn.Conv2d(mid_dim, 9 * mid_dim, 3, 1, 1), nn.PixelShuffle(3)]
             else:
-                raise ValueError(f"scale {scale} is not supported. Supported scales: 2^n and 3.")
+                raise unsupported_scale(scale)
             m.append(nn.Conv2d(mid_dim, out_dim, 3, 1, 1))
         elif upsample == "nearest+conv":
             if pow2:
@@ -64,13 +67,13 @@ class UniUpsample(nn.Sequential):
             elif scale == 3:
                 m += [nn.Conv2d(in_dim, in_dim, 3, 1, 1), nn.Upsample(scale_factor=3), nn.LeakyReLU(0.2, True)]
             else:
-                raise ValueError(f"scale {scale} is not supported. Supported scales: 2^n and 3.")
+                raise unsupported_scale(scale)
             m += [nn.Conv2d(in_dim, in_dim, 3, 1, 1), nn.LeakyReLU(0.2, True), nn.Conv2d(in_dim, out_dim, 3, 1, 1)]
         else:  # dysample
             if mid_dim != in_dim:
                 m += [nn.Conv2d(in_dim, mid_dim, 3, 1, 1), nn.LeakyReLU(inplace=True)]
             dys_dim = mid_dim
-            # upstream's DySample refuses in_channels == groups as well (plksr's copy only refuses fewer)
+            # resselt's DySample refuses in_channels == groups as well (neosr's only refuses fewer)
             if dys_dim <= group:
                 raise ValueError(f"DySample needs more than {group} channels, got {dys_dim}")
             m.append(DySample(dys_dim, out_dim, scale, group))
@@ -121,15 +124,15 @@ class FocusedLinearAttention(nn.Module):
         return t / t.norm(dim=-1, keepdim=True) * norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        _, c, h, w = x.shape
         ws, nh, hd = self.window_size, self.num_heads, self.head_dim
         n = ws * ws
         # (b, c, h, w) -> (b * windows, n, c), tokens in row-major order inside each window
-        t = x.reshape(b, c, h // ws, ws, w // ws, ws).permute(0, 2, 4, 3, 5, 1).reshape(-1, n, c)
+        t = window_partition(x.permute(0, 2, 3, 1), ws).reshape(-1, n, c)
         nw = t.shape[0]
         q, k, v = self.qkv(t).reshape(nw, n, 3, c).unbind(2)
         dtype = q.dtype
-        if dtype in _LOW_PRECISION:
+        if dtype in LOW_PRECISION:
             q, k, v = q.float(), k.float(), v.float()
         k = k + self.positional_encoding.to(k.dtype)
         scale = F.softplus(self.scale.to(q.dtype))
@@ -143,7 +146,7 @@ class FocusedLinearAttention(nn.Module):
         vmap = v.to(dtype).reshape(nw * nh, ws, ws, hd).permute(0, 3, 1, 2)
         y = y + self.dwc(vmap).reshape(nw, c, n).transpose(1, 2)
         y = self.proj_drop(self.proj(y))
-        return y.reshape(b, h // ws, w // ws, ws, ws, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+        return window_reverse(y, ws, h, w).permute(0, 3, 1, 2).contiguous()
 
 
 class OmniShift(Reparameterizable):
@@ -366,8 +369,7 @@ class RHA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        p = self.pad
-        x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p), mode="reflect")
+        x = pad_to_multiple(x, self.pad, mode="reflect")
         x = self.to_feat(x)
         x = self.body(x) + x
         return self.to_img(x)[:, :, : h * self.upscale, : w * self.upscale]
@@ -433,18 +435,6 @@ def _describe(kw: dict[str, Any]) -> ArchSpec:
 # detector
 
 
-def _count(sd: StateDict, prefix: str) -> int:
-    """For keys `<prefix>.<i>.…`: max i + 1, or 0."""
-    idx = [int(k[len(prefix) + 1 :].split(".", 1)[0]) for k in sd if k.startswith(prefix + ".")
-           and k[len(prefix) + 1 :].split(".", 1)[0].isdigit()]
-    return max(idx) + 1 if idx else 0
-
-
-def _value(t: torch.Tensor) -> int | None:
-    """An integer buffer's value, or None on the meta device (shape-only manifests)."""
-    return None if t.device.type == "meta" else int(t.item())
-
-
 def _shortest_period(values: list[int]) -> list[int]:
     for p in range(1, len(values) + 1):
         if all(values[i] == values[i % p] for i in range(len(values))):
@@ -466,10 +456,9 @@ def _upsampler_from_shapes(sd: StateDict, dim: int) -> tuple[str, int, int, int]
     order = [convs[i] for i in sorted(convs)]
     if len(order) == 1:
         n = order[0][0]
-        for out_ch in (3, 1):
-            s = math.isqrt(n // out_ch)
-            if n % out_ch == 0 and s * s * out_ch == n and s > 1:
-                return "pixelshuffledirect", s, out_ch, 32
+        found = scale_and_out_channels(n)
+        if found is not None and found[0] > 1:
+            return "pixelshuffledirect", found[0], found[1], 32
         return "conv", 1, n, 32
     if len(order) >= 3 and order[1][1] == order[0][0] and order[1][0] in (4 * order[0][0], 9 * order[0][0]):
         mid = order[0][0]
@@ -493,17 +482,15 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
     if feat is None or feat.dim() != 4:
         return None
     dim, c_in = int(feat.shape[0]), int(feat.shape[1])
-    group_blocks = _count(sd, "body")
-    res_blocks = _count(sd, "body.0.body") - 2
+    group_blocks = list_length(sd, "body")
+    res_blocks = list_length(sd, "body.0.body") - 2
     if group_blocks < 1 or res_blocks < 0:
         return None
     window_size = math.isqrt(int(sd["body.0.body.0.conv.att.2.positional_encoding"].shape[1]))
     hidden = int(sd["body.0.body.0.fc1.weight"].shape[0]) // 2
-    ratio = hidden / dim
-    while int(ratio * dim) < hidden:  # float rounding: int(r * dim) must give back `hidden`
-        ratio = math.nextafter(ratio, math.inf)
+    ratio = ratio_for(hidden, dim)
 
-    downs = [_value(sd[f"body.{i}.down_sample"]) for i in range(group_blocks) if f"body.{i}.down_sample" in sd]
+    downs = [buffer_value(sd[f"body.{i}.down_sample"]) for i in range(group_blocks) if f"body.{i}.down_sample" in sd]
     down_list = [8, 4] if None in downs or len(downs) != group_blocks else _shortest_period([int(d) for d in downs])
 
     meta = sd["to_img.MetaUpsample"]
@@ -519,7 +506,7 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
         upsample, scale_int, out_ch, mid_dim = found
 
     if unshuffle_mod:
-        u = _value(sd["unshuffle"])
+        u = buffer_value(sd["unshuffle"])
         if u is None:  # meta: assume 3 input channels when the unshuffled channel count allows it
             u = next((f for f in (2, 4) if c_in == 3 * f * f), 2 if c_in % 4 == 0 and c_in != 16 else 4)
         if u not in (2, 4) or c_in % (u * u):
@@ -533,13 +520,7 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
         "expansion_ratio": ratio, "group_blocks": group_blocks, "res_blocks": res_blocks, "upsample": upsample,
         "unshuffle_mod": unshuffle_mod, "window_size": window_size,
     }
-    try:
-        with torch.device("meta"):
-            model = RHA(**kwargs)
-    except (ValueError, RuntimeError, TypeError):
-        return None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return kwargs if expected == {k: tuple(v.shape) for k, v in sd.items()} else None
+    return kwargs if same_keys_and_shapes(lambda: RHA(**kwargs), sd) else None
 
 
 ARCHS: tuple[ArchEntry, ...] = (ArchEntry(id="rha", family="RHA", cls=RHA, describe=_describe, detect=_detect),)

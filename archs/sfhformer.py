@@ -14,7 +14,7 @@ used by any layer, so there are no local windows: every output pixel depends on 
 Differences from upstream, none of which changes an output upstream can produce:
 * upstream `OurBlock.__init__` passes `flag=flag` to `OurMixer` with `flag` undefined, a NameError at
   construction; `OurMixer` only stored that flag (default None) and never read it, so it is dropped here.
-* the spectral path runs in float32 whatever the model dtype (see `_fft.py`), so bf16/fp16 inference works.
+* the spectral path runs in float32 whatever the model dtype (see `layers/fft.py`), so bf16/fp16 inference works.
 * forward reflect-pads H and W to multiples of 4 and crops back; upstream needs multiples of 4 and fails otherwise.
 * configurations whose channels cannot fit together (upstream fails in forward) are refused at construction.
 * `Backbone_new` defaults to the published motion-blur configuration (upstream's defaults cannot be built).
@@ -31,8 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import pad_to_multiple, same_keys_and_shapes
-from ._fft import batch_norm32, conv32, float32_region, irfft2_interleaved, rfft2_interleaved
+from .layers.detect import count_indexed, same_keys_and_shapes
+from .layers.fft import irfft2_interleaved, rfft2_interleaved
+from .layers.norm import RestormerLayerNorm
+from .layers.padding import pad_to_multiple
+from .layers.precision import batch_norm32, conv32, float32_region
 from .spec import ArchEntry, ArchSpec, StateDict
 
 __all__ = ["ARCHS", "Backbone", "Backbone_new", "SFHformer_l", "SFHformer_m", "SFHformer_s", "SFHformer_t",
@@ -209,8 +212,7 @@ class _UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         # Upstream requires multiples of 4; pad (reflect where the image is large enough) and crop back.
-        mode = "reflect" if min(h, w) >= _MULTIPLE else "replicate"
-        inp = pad_to_multiple(x, _MULTIPLE, mode)
+        inp = pad_to_multiple(x, _MULTIPLE, mode="reflect_or_replicate")
         f1 = self.layer1(self.patch_embed(inp))
         f2 = self.layer2(self.downsample1(f1))
         y = self.upsample3(self.layer3(self.downsample2(f2)))
@@ -228,7 +230,7 @@ class FourierUnit(nn.Module):
     1x1 conv per group mixed by softmax weights over groups -> GELU -> inverse rFFT2.
 
     Spectrum channels are interleaved (Re c, Im c). With groups=1 (the only value upstream uses) the softmax weight
-    is exactly 1. The spectral path runs in float32 (see `_fft.py`).
+    is exactly 1. The spectral path runs in float32 (see `layers/fft.py`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, groups: int = 1):
@@ -314,33 +316,12 @@ def SFHformer_l() -> Backbone:
 # Backbone_new (sfhformer_motion_blur.py)
 
 
-class _WithBiasLayerNorm(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., C)
-        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, 1e-5)
-
-
-class ChannelLayerNorm(nn.Module):
-    """Upstream `LayerNorm(dim, 'WithBias')` (Restormer style, over channels, eps 1e-5); key `body.weight/bias`."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.body = _WithBiasLayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 class MotionFourierUnit(nn.Module):
     """Backbone_new's spectral layer (upstream `FourierUnit` of sfhformer_motion_blur.py): rFFT2 -> bn1 ->
     depthwise 3x3 (+residual) -> 1x1 + GELU -> inverse rFFT2.
 
     `conv_layer`, `bn2` and `norm1` are built by upstream (and stored in its checkpoints) but never used.
-    Spectrum channels are interleaved (Re c, Im c); the spectral path runs in float32 (see `_fft.py`).
+    Spectrum channels are interleaved (Re c, Im c); the spectral path runs in float32 (see `layers/fft.py`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, groups: int = 1):
@@ -349,7 +330,7 @@ class MotionFourierUnit(nn.Module):
         self.conv_layer = nn.Conv2d(c2_in, c2_out, 1, groups=groups, bias=False)  # unused upstream
         self.bn1 = nn.BatchNorm2d(c2_out)
         self.bn2 = nn.BatchNorm2d(c2_out)  # unused upstream
-        self.norm1 = ChannelLayerNorm(c2_out)  # unused upstream
+        self.norm1 = RestormerLayerNorm(c2_out, "WithBias")  # unused upstream
         self.conv_layer1 = nn.Sequential(nn.Conv2d(c2_in, c2_out, 1, groups=groups), nn.GELU())
         self.conv_layer2 = nn.Sequential(nn.Conv2d(c2_in, c2_in, 3, padding=1, groups=c2_in))
 
@@ -482,13 +463,6 @@ def _describe_backbone_new(kw: dict[str, Any]) -> ArchSpec:
 # `FFC.conv_layer1`; a checkpoint without any block could be either and is refused by both.
 
 
-def _count(sd: StateDict, layer: str) -> int:
-    n = 0
-    while f"{layer}.blocks.{n}.beta" in sd:
-        n += 1
-    return n
-
-
 def _unet_kwargs(sd: StateDict) -> dict[str, Any] | None:
     keys = ("patch_embed.proj.weight", "downsample1.proj.0.weight", "downsample2.proj.0.weight",
             "upsample3.proj.0.weight", "upsample4.proj.0.weight", "patch_unembed.proj.0.weight", "skip1.weight")
@@ -502,7 +476,8 @@ def _unet_kwargs(sd: StateDict) -> dict[str, Any] | None:
         "dims": [int(emb.shape[0]), int(sd["downsample1.proj.0.weight"].shape[0]),
                  int(sd["downsample2.proj.0.weight"].shape[0]), int(sd["upsample3.proj.0.weight"].shape[0]) // 4,
                  int(sd["upsample4.proj.0.weight"].shape[0]) // 4],
-        "depths": [_count(sd, n) for n in ("layer1", "layer2", "layer3", "layer8", "layer9")],
+        "depths": [count_indexed(sd, f"{n}.blocks.{{}}.beta") for n in ("layer1", "layer2", "layer3", "layer8",
+                                                                         "layer9")],
         "embed_kernel_size": int(emb.shape[-1]),
     }
 

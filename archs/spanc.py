@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._reparam import Reparameterizable, fusion_dtype, set_fused
-from .span import Conv3XC
+from .layers.detect import same_keys_and_shapes
+from .layers.reparam import Conv3XC, Reparameterizable, fusion_dtype, set_fused
 from .spec import ArchEntry, ArchSpec, StateDict
 
 
@@ -329,10 +329,6 @@ def _describe(kw: dict[str, Any]) -> ArchSpec:
     )
 
 
-def _shapes(sd: StateDict) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in sd.items()}
-
-
 def _detect(sd: StateDict) -> dict[str, Any] | None:
     """Channels from conv0.conv2, kernel size and implicit width from upsampler.freq, MLP depth from query_kernel,
     scale_list from the MetaIGConv values (for tensors without data, e.g. on the meta device, 1..n stands in).
@@ -368,12 +364,7 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
         "implicit_dim": int(freq.shape[1]),
         "latent_layers": layers,
     }
-    try:
-        with torch.device("meta"):
-            model = SpanC(**kwargs)
-    except (ValueError, RuntimeError, TypeError):
-        return None
-    return kwargs if _shapes(model.state_dict()) == _shapes(sd) else None
+    return kwargs if same_keys_and_shapes(lambda: SpanC(**kwargs), sd) else None
 
 
 ARCHS: tuple[ArchEntry, ...] = (

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers.detect import count_indexed, same_keys_and_shapes
 from .ops.upfirdn2d import fused_leaky_relu, upfirdn2d
 from .spec import ArchEntry, ArchSpec, StateDict
 
@@ -462,14 +463,6 @@ def _describe(arch_id: str, upstream_class: str) -> Callable[[dict[str, Any]], A
     return describe
 
 
-def _count(sd: StateDict, pattern: str, start: int = 0) -> int:
-    """How many consecutive indices from `start` have pattern.format(i) in the state dict."""
-    n = 0
-    while pattern.format(start + n) in sd:
-        n += 1
-    return n
-
-
 def _detect(sd: StateDict) -> dict[str, Any] | None:
     """Sizes from shapes: style width from a modulation, MLP depth from style_mlp.{i} (index 0 is the parameter-free
     NormStyleCode), resolution from the ToRGB count, narrow from the 4x4 constant (512 * narrow channels),
@@ -483,8 +476,8 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
     if any(k not in sd for k in need) or len(sd["constant_input.weight"].shape) != 4:
         return None
     num_style_feat = int(sd["style_conv1.modulated_conv.modulation.weight"].shape[1])
-    num_mlp = _count(sd, "style_mlp.{}.weight", start=1)
-    out_size = 2 ** (_count(sd, "to_rgbs.{}.bias") + 2)
+    num_mlp = count_indexed(sd, "style_mlp.{}.weight", start=1)
+    out_size = 2 ** (count_indexed(sd, "to_rgbs.{}.bias") + 2)
     ch4 = int(sd["constant_input.weight"].shape[1])
     narrow: float = 1 if ch4 == 512 else ch4 / 512
     channel_multiplier: float = 2
@@ -496,13 +489,7 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
         "out_size": out_size, "num_style_feat": num_style_feat, "num_mlp": num_mlp,
         "channel_multiplier": channel_multiplier, "resample_kernel": (1, 3, 3, 1), "lr_mlp": 0.01, "narrow": narrow,
     }
-    try:
-        with torch.device("meta"):
-            model = StyleGAN2Generator(**kwargs)
-    except (ValueError, RuntimeError, TypeError):
-        return None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return kwargs if expected == {k: tuple(v.shape) for k, v in sd.items()} else None
+    return kwargs if same_keys_and_shapes(lambda: StyleGAN2Generator(**kwargs), sd) else None
 
 
 ARCHS: tuple[ArchEntry, ...] = (

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import archs
-from archs._restormer import GLOBAL_CONTEXT_CAP
+from archs.layers.restormer import GLOBAL_CONTEXT_CAP
 from archs.moceir import AdapterLayer, ModExpert
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import archs
-from archs._tlc import LocalAvgPool2d
+from archs.layers.tlc import LocalAvgPool2d
 
 NAFNET_CONFIGS: list[dict[str, Any]] = [
     {"img_channel": 3, "width": 32, "middle_blk_num": 1, "enc_blk_nums": [1, 1, 1, 28], "dec_blk_nums": [1, 1, 1, 1]},
@@ -164,7 +164,7 @@ def test_local_avg_pool_is_a_replicate_padded_box_mean() -> None:
 
 
 def test_layernorm2d_half_does_not_overflow() -> None:
-    from archs._blocks import LayerNorm2d
+    from archs.layers.norm import LayerNorm2d
 
     ln = LayerNorm2d(8)
     x = torch.randn(1, 8, 5, 5) * 1000

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import archs
-from archs.plksr import DySample
-from archs.span import Conv3XC
+from archs.layers.upsample import DySample
+from archs.layers.reparam import Conv3XC
 from tests.goldens import rel_l2
 
 
@@ -197,7 +197,7 @@ def test_span_load_order_and_stale_eval_conv() -> None:
 def test_span_plain_form_round_trip() -> None:
     """Training the fused form (to_plain) and mapping it back (from_plain) gives a SPAN whose branch form and fused
     form both compute what the trained plain model computes, and whose state dict loads strictly."""
-    from archs._reparam import from_plain, to_plain
+    from archs.layers.reparam import from_plain, to_plain
 
     torch.manual_seed(0)
     model = archs.build("span", feature_channels=16, upscale=2)

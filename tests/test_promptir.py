@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import archs
-from archs._restormer import GLOBAL_CONTEXT_CAP, LayerNorm, channel_attention, ffn_factor
+from archs.layers.norm import RestormerLayerNorm as LayerNorm
+from archs.layers.restormer import GLOBAL_CONTEXT_CAP, channel_attention, ffn_factor
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
 from tests.goldens import load_golden, rel_l2

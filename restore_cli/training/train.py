@@ -421,7 +421,7 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
             model.load_state_dict(init["model"], strict=True)
         arch_model = model  # the architecture as exported; `model` may become its plain (fused) training form
         if cfg.plain:
-            from archs._reparam import to_plain
+            from archs.layers.reparam import to_plain
 
             model = to_plain(model)
         model = model.to(device)
@@ -550,7 +550,7 @@ def train(config: TrainConfig, *, build_fn: BuildFn | None = None, command: str 
         _checkpoint(model, ema, out_dir / "checkpoint.safetensors", it)
         final = ema.model if ema is not None else model
         if cfg.plain:
-            from archs._reparam import from_plain
+            from archs.layers.reparam import from_plain
 
             final = from_plain(arch_model.to(device), final)
         meta = {

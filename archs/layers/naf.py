@@ -1,44 +1,18 @@
-"""Building blocks shared by the NAFNet-style U-Nets (NAFNet, Baseline, UFPNet) and helpers for their detectors.
+"""NAFNet's block and the NAFNet-style U-Net helpers shared by NAFNet, Baseline, UFPNet and AdaRevD's encoder.
 
 Semantics follow megvii-research/NAFNet (MIT); parameter names match upstream so checkpoints load strictly.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of an NCHW map (upstream `arch_util.LayerNorm2d`, eps 1e-6).
-
-    Upstream uses a hand-written autograd Function; the forward math is the same as this plain-op version.
-    Statistics are computed in float32 for half inputs: the squared deviations overflow float16 for activations
-    above ~256 and eps=1e-6 is below float16's normal range.
-    """
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        if dtype in _LOW_PRECISION:
-            x = x.float()
-        mu = x.mean(1, keepdim=True)
-        var = (x - mu).pow(2).mean(1, keepdim=True)
-        y = (x - mu) / torch.sqrt(var + self.eps)
-        y = self.weight.to(y.dtype).view(1, -1, 1, 1) * y + self.bias.to(y.dtype).view(1, -1, 1, 1)
-        return y.to(dtype)
+from .detect import list_length, seq_lengths
+from .norm import LayerNorm2d
 
 
 class SimpleGate(nn.Module):
@@ -56,7 +30,7 @@ def dropout_or_identity(rate: float) -> nn.Module:
 class NAFBlock(nn.Module):
     """NAFNet block: LN -> 1x1 -> dw3x3 -> SimpleGate -> SCA -> 1x1, then LN -> FFN with SimpleGate.
 
-    `sca[0]` is the global pooling that TLC (`_tlc.localize`) swaps for a local box filter.
+    `sca[0]` is the global pooling that TLC (`tlc.localize`) swaps for a local box filter.
     """
 
     def __init__(self, c: int, DW_Expand: int = 2, FFN_Expand: int = 2, drop_out_rate: float = 0.0) -> None:
@@ -90,16 +64,6 @@ class NAFBlock(nn.Module):
         return self.mix(inp, inp)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant") -> torch.Tensor:
-    """Pad bottom/right so H and W are multiples of `multiple` (upstream `check_image_size`)."""
-    h, w = x.shape[-2:]
-    ph = (multiple - h % multiple) % multiple
-    pw = (multiple - w % multiple) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
 def unet_levels(encoders: nn.ModuleList, middle: nn.Module, decoders: nn.ModuleList) -> Iterator[tuple[int, nn.Module]]:
     """(U-Net level, module) pairs of a NAFNet-style U-Net; level l runs at 1/2**l of the padded input."""
     n = len(encoders)
@@ -127,25 +91,6 @@ def unet_context(levels: int, tlc_window: int = 0) -> int:
 # detector helpers
 
 
-def seq_lengths(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[int, int]:
-    """For keys `<prefix>.<i>.<j>.…`: {i: number of j} (max index + 1, as nn.Sequential numbers its children)."""
-    pat = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(\d+)\.")
-    out: dict[int, int] = {}
-    for k in sd:
-        m = pat.match(k)
-        if m:
-            i, j = int(m.group(1)), int(m.group(2))
-            out[i] = max(out.get(i, 0), j + 1)
-    return out
-
-
-def list_length(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
-    """For keys `<prefix>.<i>.…`: max i + 1, or 0."""
-    pat = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
-    idx = [int(m.group(1)) for k in sd if (m := pat.match(k))]
-    return max(idx) + 1 if idx else 0
-
-
 def unet_layout(sd: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
     """img_channel, width and block counts of a NAFNet-style U-Net state dict (intro/encoders/downs/…/ending)."""
     intro = sd.get("intro.weight")
@@ -161,18 +106,3 @@ def unet_layout(sd: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
         "enc_blk_nums": [enc.get(i, 0) for i in range(list_length(sd, "downs"))],
         "dec_blk_nums": [dec.get(i, 0) for i in range(list_length(sd, "ups"))],
     }
-
-
-def same_keys_and_shapes(build: Callable[[], nn.Module], sd: Mapping[str, torch.Tensor]) -> bool:
-    """Whether a model built on the meta device (no memory) has exactly the state dict's keys and shapes.
-
-    Detectors infer kwargs from a few shapes, then confirm them this way, so a match is exact, never a guess.
-    """
-    try:
-        with torch.device("meta"):
-            ref = build().state_dict()
-    except (ValueError, TypeError, RuntimeError):
-        return False
-    if ref.keys() != sd.keys():
-        return False
-    return all(tuple(ref[k].shape) == tuple(sd[k].shape) for k in ref)

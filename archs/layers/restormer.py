@@ -1,67 +1,23 @@
-"""Restormer building blocks shared by Restormer, PromptIR, DFPIR and MoCE-IR (and later DSwinIR, Restore-RWKV).
+"""Restormer building blocks and its 4-level U-Net skeleton, shared by Restormer, PromptIR, DFPIR, MoCE-IR, DSwinIR,
+Restore-RWKV, CAMixerSR's GDFN and AdaRevD's fusion norms.
 
 Semantics follow swz30/Restormer (Academic Public License) as vendored in PromptIR, DFPIR and MoCE-IR: MDTA
-(channel "transposed" attention), GDFN (gated depthwise feed-forward), the WithBias/BiasFree channel LayerNorm,
-the 3x3 patch embedding and the pixel-(un)shuffle resamplers. Parameter names match upstream (`body.weight`,
-`qkv_dwconv`, `project_in`, ...) so checkpoints load strictly. Written without einops.
+(channel "transposed" attention), GDFN (gated depthwise feed-forward), the 3x3 patch embedding, the
+pixel-(un)shuffle resamplers and the U-Net that wires them. Its channel LayerNorm is `norm.RestormerLayerNorm`.
+Parameter names match upstream (`qkv_dwconv`, `project_in`, `encoder_level1`, ...) so checkpoints load strictly.
+Written without einops.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-LAYER_NORM_TYPES = ("WithBias", "BiasFree")
-
-
-class WithBiasLayerNorm(nn.Module):
-    """Holds the affine parameters of a mean-subtracting LayerNorm (upstream `WithBias_LayerNorm`)."""
-
-    def __init__(self, normalized_shape: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(normalized_shape))
-        self.bias = nn.Parameter(torch.zeros(normalized_shape))
-
-
-class BiasFreeLayerNorm(nn.Module):
-    """Upstream `BiasFree_LayerNorm`'s scale w: x / sqrt(var(x) + eps) * w, x itself is not centred."""
-
-    def __init__(self, normalized_shape: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(normalized_shape))
-
-
-class LayerNorm(nn.Module):
-    """Restormer's LayerNorm over the channels of an NCHW map (eps 1e-5, biased variance).
-
-    Upstream moves channels last with einops and normalises the last axis; we normalise dim 1 directly, which is
-    the same function. Statistics of half inputs are taken in float32 (eps 1e-5 is near float16's normal limit).
-    """
-
-    def __init__(self, dim: int, LayerNorm_type: str) -> None:
-        super().__init__()
-        if LayerNorm_type not in LAYER_NORM_TYPES:
-            raise ValueError(f"LayerNorm_type must be one of {LAYER_NORM_TYPES}, got {LayerNorm_type!r}")
-        self.body: nn.Module = BiasFreeLayerNorm(dim) if LayerNorm_type == "BiasFree" else WithBiasLayerNorm(dim)
-        self.eps = 1e-5
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight: torch.Tensor = self.body.weight
-        bias: torch.Tensor | None = getattr(self.body, "bias", None)
-        if bias is not None:
-            # F.layer_norm over a channels-last view: fused, and it accumulates half inputs in float32 itself
-            y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, self.eps)
-            return y.permute(0, 3, 1, 2)
-        dtype = x.dtype
-        xf = x.float() if dtype in _LOW_PRECISION else x
-        var = xf.var(dim=1, keepdim=True, unbiased=False)
-        y = xf / torch.sqrt(var + self.eps) * weight.to(xf.dtype).view(1, -1, 1, 1)
-        return y.to(dtype)
+from .norm import RestormerLayerNorm
 
 
 class FeedForward(nn.Module):
@@ -135,9 +91,9 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, ffn_expansion_factor: float, bias: bool, LayerNorm_type: str):
         super().__init__()
-        self.norm1 = LayerNorm(dim, LayerNorm_type)
+        self.norm1 = RestormerLayerNorm(dim, LayerNorm_type)
         self.attn = Attention(dim, num_heads, bias)
-        self.norm2 = LayerNorm(dim, LayerNorm_type)
+        self.norm2 = RestormerLayerNorm(dim, LayerNorm_type)
         self.ffn = FeedForward(dim, ffn_expansion_factor, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,14 +142,96 @@ class Upsample(nn.Module):
         return self.body(x)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad bottom/right to a multiple of `multiple`, reflecting like the upstream demos (replicate when too small)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
+# (blocks, level, width) -> the stage of `blocks` blocks at U-Net level `level` (0 = full size) and `width` channels
+StageFactory = Callable[[int, int, int], nn.Module]
+Hook = Callable[[int, torch.Tensor], torch.Tensor]
+
+class RestormerUNet(nn.Module):
+    """Restormer's 4-level U-Net skeleton, which PromptIR, DFPIR, DSwinIR and Restore-RWKV reuse with other blocks.
+
+    Levels 1-3 (dim, 2 dim, 4 dim channels) each have an encoder and a decoder stage; the latent runs at 8 dim at
+    1/8 size. Skips are concatenated and reduced by 1x1 convs at levels 3 and 2; level 1 decodes and refines at
+    2 dim (no reduction after `up2_1`). Subclasses call `_build_unet` in `__init__` (then register their heads,
+    e.g. `output`) and `_run_unet` in `forward`; inputs must be multiples of `UNET_MULTIPLE`.
+    """
+
+    UNET_MULTIPLE = 8  # three 2x pixel-unshuffle downsamplings
+
+    def _build_unet(
+        self,
+        *,
+        inp_channels: int,
+        dim: int,
+        num_blocks: Sequence[int],
+        num_refinement_blocks: int,
+        stage: StageFactory,
+        bias: bool,
+        replace: Mapping[str, Callable[[], nn.Module]] | None = None,
+        after: Mapping[str, Mapping[str, Callable[[], nn.Module]]] | None = None,
+    ) -> None:
+        """Register the skeleton. `replace[name]` builds a family's own module in place of the skeleton's one
+        (`patch_embed`: a 3x3 OverlapPatchEmbed by default); `after[name]` builds and registers further modules
+        right after `name`, so the state dict keeps upstream's key order."""
+        if len(num_blocks) != 4:
+            raise ValueError(f"num_blocks needs 4 entries (three levels and the latent), got {list(num_blocks)}")
+        nb = [int(n) for n in num_blocks]
+        plan: list[tuple[str, Callable[[], nn.Module]]] = [
+            ("patch_embed", lambda: OverlapPatchEmbed(inp_channels, dim)),
+            ("encoder_level1", lambda: stage(nb[0], 0, dim)),
+            ("down1_2", lambda: Downsample(dim)),
+            ("encoder_level2", lambda: stage(nb[1], 1, dim * 2)),
+            ("down2_3", lambda: Downsample(dim * 2)),
+            ("encoder_level3", lambda: stage(nb[2], 2, dim * 4)),
+            ("down3_4", lambda: Downsample(dim * 4)),
+            ("latent", lambda: stage(nb[3], 3, dim * 8)),
+            ("up4_3", lambda: Upsample(dim * 8)),
+            ("reduce_chan_level3", lambda: nn.Conv2d(dim * 8, dim * 4, 1, bias=bias)),
+            ("decoder_level3", lambda: stage(nb[2], 2, dim * 4)),
+            ("up3_2", lambda: Upsample(dim * 4)),
+            ("reduce_chan_level2", lambda: nn.Conv2d(dim * 4, dim * 2, 1, bias=bias)),
+            ("decoder_level2", lambda: stage(nb[1], 1, dim * 2)),
+            ("up2_1", lambda: Upsample(dim * 2)),  # no channel reduction: level 1 decodes at 2 dim
+            ("decoder_level1", lambda: stage(nb[0], 0, dim * 2)),
+            ("refinement", lambda: stage(num_refinement_blocks, 0, dim * 2)),
+        ]
+        replace, after = replace or {}, after or {}
+        unknown = (set(replace) | set(after)) - {name for name, _ in plan}
+        if unknown:
+            raise ValueError(f"not modules of the U-Net skeleton: {sorted(unknown)}")
+        for name, make in plan:
+            self.add_module(name, replace[name]() if name in replace else make())
+            for extra, build in after.get(name, {}).items():
+                self.add_module(extra, build())
+
+    def _run_unet(
+        self,
+        emb: torch.Tensor,
+        *,
+        on_latent: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        on_skip: Hook | None = None,
+        on_decoded: Hook | None = None,
+    ) -> torch.Tensor:
+        """Refined level-1 features (2 dim channels) of the embedded input. Hooks: `on_latent(latent)` after the
+        latent stage; `on_skip(level, enc)` on the skip of level 3, 2, 1 before it is concatenated;
+        `on_decoded(level, dec)` after the decoder stage of level 3 and 2."""
+        enc1 = self.encoder_level1(emb)
+        enc2 = self.encoder_level2(self.down1_2(enc1))
+        enc3 = self.encoder_level3(self.down2_3(enc2))
+        latent = self.latent(self.down3_4(enc3))
+        if on_latent is not None:
+            latent = on_latent(latent)
+
+        def skip(level: int, t: torch.Tensor) -> torch.Tensor:
+            return t if on_skip is None else on_skip(level, t)
+
+        def decoded(level: int, t: torch.Tensor) -> torch.Tensor:
+            return t if on_decoded is None else on_decoded(level, t)
+
+        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), skip(3, enc3)], 1)))
+        dec3 = decoded(3, dec3)
+        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), skip(2, enc2)], 1)))
+        dec2 = decoded(2, dec2)
+        return self.refinement(self.decoder_level1(torch.cat([self.up2_1(dec2), skip(1, enc1)], 1)))
 
 
 # Cap on the tile context of these global-attention U-Nets. Their local receptive field is large (the official

@@ -1,4 +1,5 @@
-"""Structural re-parameterisation shared by SPAN's Conv3XC, SPANC's RepConv and the OmniShifts of Restore-RWKV and RHA.
+"""Structural re-parameterisation: the base of SPAN's Conv3XC (here), SpanC's RepConv and the OmniShifts of
+Restore-RWKV and RHA.
 
 Such a module trains as several parallel conv branches and runs, in eval mode, as one conv whose weights are computed
 from them (`fuse()`). Upstream fuses on `.eval()` (or on the first eval forward); we fuse on every switch to eval
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _R = TypeVar("_R", bound="Reparameterizable")
@@ -97,3 +99,72 @@ def from_plain(model: nn.Module, plain: nn.Module) -> nn.Module:
             if not key.startswith(skip):
                 own[key].copy_(value)
     return model
+
+
+class Conv3XC(Reparameterizable):
+    """Re-parameterisable 3x3 conv: 1x1 -> 3x3 -> 1x1 chain plus a 1x1 skip while training, one 3x3 in eval.
+
+    The chain sees the input zero-padded by one pixel before its first 1x1, so its bias also reaches the border,
+    exactly as the fused 3x3 with padding=1 treats it: the two forms are the same function.
+
+    Upstream recomputes `eval_conv` from the branches on every eval forward, so stored `eval_conv.*` values never
+    matter; we fuse on `.eval()` and after every load (see `Reparameterizable`).
+    """
+
+    def __init__(self, c_in: int, c_out: int, gain: int = 2) -> None:
+        super().__init__()
+        self.sk = nn.Conv2d(c_in, c_out, 1)
+        self.conv = nn.Sequential(
+            nn.Conv2d(c_in, c_in * gain, 1),
+            nn.Conv2d(c_in * gain, c_out * gain, 3),  # no padding: the input is padded explicitly
+            nn.Conv2d(c_out * gain, c_out, 1),
+        )
+        self.eval_conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.eval_conv.weight.requires_grad_(False)
+        assert self.eval_conv.bias is not None
+        self.eval_conv.bias.requires_grad_(False)
+        self.fuse()
+
+    def fuse(self) -> None:
+        """Write the single 3x3 conv equal to conv[2] . conv[1] . conv[0] + sk into eval_conv."""
+        w1, w2, w3 = (m.weight for m in self.conv)
+        b1, b2, b3 = (m.bias for m in self.conv)
+        sk_w, sk_b = self.sk.weight, self.sk.bias
+        assert b1 is not None and b2 is not None and b3 is not None and sk_b is not None
+        dt = fusion_dtype(w2.device)
+        with torch.inference_mode(False), torch.no_grad():
+            a, b, c = w1.to(dt)[:, :, 0, 0], w2.to(dt), w3.to(dt)[:, :, 0, 0]
+            weight = torch.einsum("on,nmhw,mi->oihw", c, b, a)
+            mid_bias = torch.einsum("nmhw,m->n", b, b1.to(dt)) + b2.to(dt)
+            bias = c @ mid_bias + b3.to(dt)
+            weight[:, :, 1, 1] += sk_w.to(dt)[:, :, 0, 0]
+            bias = bias + sk_b.to(dt)
+            assert self.eval_conv.bias is not None
+            set_fused(self.eval_conv.weight, weight)
+            set_fused(self.eval_conv.bias, bias)
+
+    def plain(self) -> nn.Module:
+        conv = nn.Conv2d(self.eval_conv.in_channels, self.eval_conv.out_channels, 3, padding=1)
+        conv.load_state_dict(self.eval_conv.state_dict())
+        return conv.to(self.eval_conv.weight.device)
+
+    def load_plain(self, plain: nn.Module) -> None:
+        """Branches that compose to exactly `plain`'s 3x3 conv: identity 1x1s around it, a zero skip."""
+        assert isinstance(plain, nn.Conv2d) and plain.bias is not None
+        w, b = plain.weight.detach(), plain.bias.detach()
+        c_out, c_in = w.shape[:2]
+        first, mid, last = self.conv
+        with torch.no_grad():
+            for m in (first, mid, last, self.sk):
+                m.weight.zero_()
+                m.bias.zero_()
+            first.weight[:c_in, :, 0, 0] = torch.eye(c_in, dtype=w.dtype, device=w.device)
+            mid.weight[:c_out, :c_in] = w
+            mid.bias[:c_out] = b
+            last.weight[:, :c_out, 0, 0] = torch.eye(c_out, dtype=w.dtype, device=w.device)
+        self.fuse()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.conv(F.pad(x, (1, 1, 1, 1))) + self.sk(x)
+        return self.eval_conv(x)

@@ -1,0 +1,29 @@
+"""The helper layer of archs/: every block, function and detector helper that more than one family uses lives here,
+written once (like timm's `layers`). Family modules import from these modules and never from each other.
+
+Module map (public names):
+* `detect`: the detectors' helpers. `same_keys_and_shapes` (the meta-device rebuild check), `rebuilds`,
+  `BUILD_ERRORS`, `shapes`, `seq_lengths`, `list_length`, `count_indexed`, `buffer_value`, pixel-shuffle heads
+  `pixel_shuffle_scale` / `scale_and_out_channels`, `ratio_for`.
+* `padding`: `pad_to_multiple(x, multiple, *, mode, min_size=0)` with mode "zeros", "reflect", "replicate" or
+  "reflect_or_replicate"; `padded_size`, `PadMode`.
+* `precision`: `LOW_PRECISION`, `is_low_precision`, `upcast`, `f32`, `float32_region`, `conv32`, `batch_norm32`.
+* `fft`: `rfft2_interleaved`, `irfft2_interleaved` (spectra as channel pairs).
+* `norm`: `LayerNorm2d` (NAFNet/BasicSR), `RestormerLayerNorm` (+ `WithBiasLayerNorm`, `BiasFreeLayerNorm`,
+  `LAYER_NORM_TYPES`), `RMSNorm2d`.
+* `drop`: `DropPath`, `drop_path`.
+* `window`: Swin-style `window_partition`, `window_reverse`, `relative_position_index`, `relative_position_bias`,
+  `shifted_window_mask`.
+* `upsample`: `Upsample`, `UpsampleOneStep` (SwinIR pixel-shuffle heads), `DySample`, `is_pow2`,
+  `unsupported_scale`.
+* `reparam`: `Reparameterizable` (fuse on eval and after load), `fusion_dtype`, `set_fused`, `to_plain`,
+  `from_plain`, `Conv3XC` (SPAN's re-parameterisable 3x3).
+* `naf`: NAFNet's `NAFBlock`, `SimpleGate`, `dropout_or_identity`, and the NAFNet-style U-Net helpers
+  `unet_levels`, `unet_context`, `unet_layout`.
+* `tlc`: Test-time Local Converter, `LocalAvgPool2d`, `localize`, `default_base_size`.
+* `restormer`: MDTA `Attention`, `channel_attention`, GDFN `FeedForward`, `TransformerBlock`, `transformer_stage`,
+  `OverlapPatchEmbed`, `Downsample`, `Upsample`, the U-Net skeleton `RestormerUNet`, `unet_radius`,
+  `GLOBAL_CONTEXT_CAP`, `ffn_factor`.
+* `kernel_prior`: UFPNet's kernel estimator `code_extra_mean_var`, flow prior `KernelPrior`, `kernel_maps` (both,
+  as image-shaped maps), `kernel_attention`, `NAFBlock_kernel`, `FLOW_KERNEL_SIZE`.
+"""
