@@ -244,7 +244,7 @@ def _describe(kw: dict[str, Any]) -> ArchSpec:
         out_channels=int(kw["out_channels"]),
         min_size=_min_size(list(kw["kernel_size"]), list(kw["dilation"])),
         multiple_of=_MULTIPLE,
-        # LayerNorms run in float32 for half inputs (_restormer/_blocks), attention accumulates in float32 (softmax
+        # LayerNorms run in float32 for half inputs (layers/norm.py), attention accumulates in float32 (softmax
         # included) and the deformable weights are float32; checked in bf16/fp16 against float32 on the golden only.
         fp16=True,
         bf16=True,

@@ -379,7 +379,7 @@ def _spec(arch_id: str, family: str, cls: str, tasks: tuple[Task, ...], kw: dict
         out_channels=int(kw["out_channels"]),
         min_size=_MULTIPLE,
         multiple_of=_MULTIPLE,
-        # Norm statistics and the attention matrices run in float32 inside (see _restormer); the rest is convs.
+        # Norm statistics and the attention matrices run in float32 inside (layers/); the rest is convs.
         fp16=True,
         bf16=True,
         channels_last=False,

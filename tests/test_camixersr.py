@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import archs
 from archs.camixersr import CAMixerSR, _keep_count
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
-from tests.goldens import load_golden, read_golden, rel_l2
+from tests.util import load_golden, read_golden, rel_l2
 
 SMALL_FILE = GOLDEN / "CAMixerSR__small_x4.safetensors"
 REAL_FILE = GOLDEN / "real" / "real__CAMixerSR_S.safetensors"
@@ -119,28 +118,6 @@ def test_low_precision_bf16() -> None:
         low = model.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert torch.isfinite(low).all()
     assert rel_l2(low.float(), ref) <= 0.05
-
-
-CONFIGS: list[dict[str, Any]] = [
-    {},
-    {"scale": 2},
-    {"scale": 3, "n_feats": 36},
-    {"n_block": [1, 2], "n_group": 2, "n_feats": 16},
-    {"n_block": [2, 3, 1], "n_group": 3, "n_feats": 24, "n_colors": 1, "scale": 2},
-]
-
-
-@pytest.mark.parametrize("kwargs", CONFIGS)
-def test_detector_round_trip(kwargs: dict[str, Any]) -> None:
-    with torch.device("meta"):
-        sd = dict(archs.build("camixersr", **kwargs).state_dict())
-    found = archs.detect(sd)
-    assert [n for n, _ in found] == ["camixersr"], found
-    full = archs.entry("camixersr").full_kwargs(kwargs)
-    detected = found[0][1]
-    assert list(detected["n_block"]) == list(full["n_block"])[: full["n_group"]]
-    for key in ("n_group", "n_colors", "n_feats", "scale", "ratio", "tile"):
-        assert detected[key] == full[key], key
 
 
 def test_detector_refusals() -> None:

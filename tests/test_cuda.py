@@ -13,11 +13,20 @@ from safetensors import safe_open
 
 import archs
 from restore_cli.engine.runner import Runner
-from tests.test_seams import _cases, _load, smooth_image
+from tests.util import golden_files, golden_spec, load_golden, smooth_image
 
 pytestmark = pytest.mark.cuda
 
 CUDA = torch.device("cuda")
+FAMILIES = ("NAFNet", "UFPNet", "PLKSR", "RealPLKSR", "SPAN")
+
+
+def _cases() -> list[Path]:
+    return [p for p in golden_files() if p.parent.name != "real" and p.name.split("__")[0] in FAMILIES]
+
+
+def _load(path: Path) -> tuple[torch.nn.Module, archs.ArchSpec]:
+    return load_golden(path)[0], golden_spec(path)
 HALF_TOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 
@@ -56,7 +65,7 @@ def test_engine_cuda_matches_cpu(path: Path, resident: bool, monkeypatch: pytest
     """The same tile plan on the GPU (whole image resident, or streamed tile by tile) and on the CPU."""
     model, spec = _load(path)
     # Both sides run one plan, so the margin need not cover the arch's context (the CPU side of a 128 px margin ran
-    # for minutes); seams themselves are proven in tests/test_seams.py.
+    # for minutes); seams themselves are proven in tests/test_archs.py.
     tile, margin = 24, min(spec.context, 16)
     h, w = 2 * tile + 2 * margin + 11, 2 * tile + 2 * margin + 3
     image = smooth_image(h, w)

@@ -12,7 +12,7 @@ import archs
 from archs.gfisrv2 import GFISRV2, SAMPLE_MODS, FourierUnit
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
-from tests.goldens import load_golden, rel_l2
+from tests.util import load_golden, rel_l2
 
 GOLDEN_FILE = GOLDEN / "GFISRV2__small_x4.safetensors"
 needs_golden = pytest.mark.skipif(not GOLDEN_FILE.is_file(), reason="golden file not found")

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 import archs
 from tests.conftest import GOLDEN
-from tests.goldens import read_golden, recipe_state_dict, rel_l2
+from tests.util import read_golden, recipe_state_dict, rel_l2
 
 if not GOLDEN.is_dir():
     pytest.skip(f"golden folder {GOLDEN} not found", allow_module_level=True)

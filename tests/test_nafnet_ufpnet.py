@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import archs
 from archs.layers.tlc import LocalAvgPool2d
+from tests.util import meta_state_dict
 
 NAFNET_CONFIGS: list[dict[str, Any]] = [
     {"img_channel": 3, "width": 32, "middle_blk_num": 1, "enc_blk_nums": [1, 1, 1, 28], "dec_blk_nums": [1, 1, 1, 1]},
@@ -28,54 +29,11 @@ UFPNET_CONFIGS: list[dict[str, Any]] = [
 ]
 
 
-def _meta_state_dict(name: str, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-    with torch.device("meta"):
-        return archs.build(name, **kwargs).state_dict()
-
-
-def _shapes(sd: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in sd.items()}
-
-
-def _full(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in archs.entry(name).full_kwargs(kwargs).items()}
-
-
-@pytest.mark.parametrize(
-    ("name", "kwargs"),
-    [("nafnet", c) for c in NAFNET_CONFIGS]
-    + [("baseline", c) for c in BASELINE_CONFIGS]
-    + [("ufpnet", {**c, "kernel_size": 19}) for c in UFPNET_CONFIGS],
-)
-def test_detector_round_trip(name: str, kwargs: dict[str, Any]) -> None:
-    sd = _meta_state_dict(name, kwargs)
-    found = archs.detect(sd)
-    assert [f[0] for f in found] == [name]
-    assert _full(name, found[0][1]) == _full(name, kwargs)
-    assert _shapes(_meta_state_dict(name, found[0][1])) == _shapes(sd)
-
-
-@pytest.mark.parametrize(
-    ("local", "plain", "kwargs"),
-    [
-        ("nafnet_local", "nafnet", NAFNET_CONFIGS[0]),
-        ("baseline_local", "baseline", BASELINE_CONFIGS[0]),
-        ("ufpnet_local", "ufpnet", UFPNET_CONFIGS[0]),
-    ],
-)
-def test_local_variant_same_keys_detected_as_plain(local: str, plain: str, kwargs: dict[str, Any]) -> None:
-    sd = _meta_state_dict(local, kwargs)
-    assert _shapes(sd) == _shapes(_meta_state_dict(plain, kwargs))
-    assert [f[0] for f in archs.detect(sd)] == [plain]
-    assert archs.entry(plain).local_variant == local
-    assert archs.entry(local).detect is None
-
-
 def test_detectors_reject_truncated_or_foreign_state_dicts() -> None:
-    sd = _meta_state_dict("nafnet", NAFNET_CONFIGS[0])
+    sd = meta_state_dict("nafnet", **NAFNET_CONFIGS[0])
     del sd["ending.bias"]
     assert archs.detect(sd) == []
-    sd = _meta_state_dict("ufpnet", UFPNET_CONFIGS[1])
+    sd = meta_state_dict("ufpnet", **UFPNET_CONFIGS[1])
     sd = {k: v for k, v in sd.items() if not k.startswith("flow.")}
     assert archs.detect(sd) == []
     assert archs.detect({"conv.weight": torch.empty(3, 3, 3, 3, device="meta")}) == []

@@ -20,7 +20,7 @@ from archs.ops.neighborhood_attn import (
     na2d_reference,
     window_indices,
 )
-from tests.goldens import rel_l2
+from tests.util import rel_l2
 
 # ---------------------------------------------------------------------------------------------------------------------
 # naive NATTEN: natten/cpu/naive/natten_cpu_commons.h (v0.17.5), written out as NATTEN states it, case by case

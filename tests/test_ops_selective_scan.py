@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from archs.ops import _build
 from archs.ops.selective_scan import mamba_ssm_kernel, selective_scan, selective_scan_ref
-from tests.goldens import rel_l2
+from tests.util import rel_l2
 
 Inputs = dict[str, Any]  # keyword arguments of selective_scan
 

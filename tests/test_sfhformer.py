@@ -14,7 +14,7 @@ import archs
 from archs.sfhformer import Backbone_new, sfhformer_motion_blur
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
-from tests.goldens import load_golden, rel_l2
+from tests.util import load_golden, rel_l2
 
 GOLDEN_FILES = {
     "Backbone": GOLDEN / "SFHformer__e8-16-32_d11211.safetensors",

@@ -12,7 +12,8 @@ import archs
 from archs.spanc import IGConv, RepConv, SpanC
 from restore_cli.engine.runner import Runner
 from tests.conftest import GOLDEN
-from tests.goldens import load_golden, rel_l2
+from tests.test_archs import DETECT_CASES
+from tests.util import assert_detected, load_golden, meta_state_dict, rel_l2
 
 SMALL: dict[str, Any] = {"feature_channels": 8, "implicit_dim": 16, "latent_layers": 2}
 GOLDEN_FILE = GOLDEN / "SpanC__small.safetensors"
@@ -145,25 +146,14 @@ def test_training_form_trains_every_branch() -> None:
     assert rep.conv_3x3_rep.weight.grad is None and not rep.conv_3x3_rep.weight.requires_grad
 
 
-CONFIGS: list[dict[str, Any]] = [
-    {},
-    {"scale_list": [2, 3, 4], "feature_channels": 16, "implicit_dim": 32, "latent_layers": 1},
-    {"scale_list": [1, 3], "ig_kernel_size": 5, "feature_channels": 8, "implicit_dim": 16, "latent_layers": 3},
-    {"scale_list": [4], "num_in_ch": 1, "feature_channels": 8, "implicit_dim": 16, "latent_layers": 2},
-]
-
-
-@pytest.mark.parametrize("kwargs", CONFIGS)
-def test_detector_round_trip(kwargs: dict[str, Any]) -> None:
-    with torch.device("meta"):
-        model = archs.build("spanc", **kwargs)
-    sd = dict(model.state_dict())
+@pytest.mark.parametrize("kwargs", [{}, *(kw for name, kw, _ in DETECT_CASES if name == "spanc")])
+def test_detector_reads_the_scale_list(kwargs: dict[str, Any]) -> None:
+    """The MetaIGConv buffer's values give scale_list (meta tensors have none: those round trips, with 1..n, are in
+    tests/test_archs.py); eval_base_scale is 2 when listed, else the smallest scale."""
+    sd = meta_state_dict("spanc", **kwargs)
     full = archs.entry("spanc").full_kwargs(kwargs)
-    # The buffer's values give scale_list (a meta tensor has none; the manifests test that case).
     sd["MetaIGConv"] = torch.tensor(list(set(full["scale_list"])), dtype=torch.uint8)
-    found = archs.detect(sd)
-    assert [n for n, _ in found] == ["spanc"], found
-    detected = found[0][1]
+    detected = assert_detected(sd, "spanc")
     for key in ("num_in_ch", "feature_channels", "ig_kernel_size", "implicit_dim", "latent_layers"):
         assert detected[key] == full[key], key
     assert sorted(detected["scale_list"]) == sorted(set(full["scale_list"]))
@@ -205,14 +195,9 @@ def test_context_is_the_receptive_field_radius(scale: int) -> None:
     assert (centre - cols.min().item(), cols.max().item() - centre) == (c, c)
 
 
-def test_engine_tiles_match_whole_image() -> None:
-    """tiling='safe' with context 21: tiles with that margin reproduce the whole-image run."""
+def test_engine_reports_the_scale() -> None:
+    """The runner passes the model's last_info on (tiles == whole image is proven in tests/test_archs.py)."""
     model, _ = _golden_model()
     spec = archs.spec("SpanC", **model.arch_kwargs)  # type: ignore[arg-type]
-    torch.manual_seed(0)
-    image = torch.rand(3, 80, 72)  # > tile + 2 * context
-    whole, _ = Runner(model, spec, device=torch.device("cpu"), dtype=torch.float32, tile=0).run(image)
-    tiled, stats = Runner(model, spec, device=torch.device("cpu"), dtype=torch.float32, tile=24, overlap=8).run(image)
-    assert stats.tiles > 1 and whole.shape == tiled.shape == (3, 160, 144)
-    assert (whole - tiled).abs().max().item() <= 1 / 255
-    assert stats.model_info and stats.model_info[0] == {"scale": 2}
+    out, stats = Runner(model, spec, device=torch.device("cpu"), dtype=torch.float32, tile=0).run(torch.rand(3, 9, 7))
+    assert out.shape == (3, 18, 14) and stats.model_info and stats.model_info[0] == {"scale": 2}
