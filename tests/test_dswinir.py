@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import archs
 from archs import dswinir
 from archs.dswinir import MSDeformableNeighborhoodAttention
+from archs.layers.padding import pad_to_multiple
 from archs.ops import _build
 from tests.conftest import GOLDEN
 from tests.util import file_state_dict, load_golden, meta_state_dict, rel_l2
@@ -50,10 +51,10 @@ def test_golden_low_precision_and_odd_sizes() -> None:
         small = model(x[..., :20, :45])  # padded to min_size 48 inside (replicate: 28 rows > 20), cropped back
     assert rel_l2(low, ref) < 0.05
     assert small.shape == (1, 3, 20, 45) and torch.isfinite(small).all()
-    # reflect padding up to the multiple of 8 when the input is large enough, replicate when not
-    pad = model._pad(x[..., :61, :45])
+    # the model pads like this: reflect up to the multiple of 8 when the input is large enough, replicate when not
+    pad = pad_to_multiple(x[..., :61, :45], 8, mode="reflect_or_replicate", min_size=model.min_size)
     assert pad.shape[-2:] == (64, 48) and torch.equal(pad[..., 61, :45], x[..., 59, :45])
-    pad = model._pad(x[..., :20, :45])
+    pad = pad_to_multiple(x[..., :20, :45], 8, mode="reflect_or_replicate", min_size=model.min_size)
     assert pad.shape[-2:] == (48, 48) and torch.equal(pad[..., 47, :45], x[..., 19, :45])
 
 
