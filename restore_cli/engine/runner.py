@@ -177,6 +177,83 @@ class Runner:
         stats.infer_s = time.perf_counter() - start
         return out, stats
 
+    def run_many(self, images: list[torch.Tensor], *,
+                 quantize: int | None = None) -> tuple[list[torch.Tensor], list[RunStats]]:
+        """Same-size, same-type (C, H, W) images, e.g. consecutive video frames: as `run`, image by image.
+
+        When the tile plan is one whole-image tile they go through the model together, `batch` at a time (halved
+        on out-of-memory, and the working size kept); otherwise each image is tiled by `run`, its tiles batched.
+        Each image's stats carry its share of the batch's time.
+        """
+        if len(images) <= 1 or any(im.shape != images[0].shape or im.dtype != images[0].dtype for im in images):
+            return self._one_by_one(images, quantize)
+        _, height, width = images[0].shape
+        tile = self.tile if self.tile is not None else self._auto_tile(height, width)
+        plan = plan_tiles(height, width, tile=tile, overlap=self.overlap, margin=self.margin,
+                          multiple_of=self.spec.multiple_of, scale=self.spec.scale, min_size=self.spec.min_size)
+        if plan.count != 1:
+            return self._one_by_one(images, quantize)
+        outs: list[torch.Tensor] = []
+        stats: list[RunStats] = []
+        step = min(self.batch, getattr(self, "_frames_cap", self.batch))
+        i = 0
+        while i < len(images):
+            chunk = images[i:i + step]
+            start = time.perf_counter()
+            try:
+                got, info = self._run_whole(chunk, plan, quantize)
+            except Exception as e:
+                if not _is_oom(e):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if step == 1:  # one image does not fit whole: `run` tiles it
+                    got_one, st = self.run(chunk[0], quantize=quantize)
+                    outs.append(got_one)
+                    stats.append(st)
+                    i += 1
+                    continue
+                step = max(1, step // 2)
+                self._frames_cap = step  # keep the working batch for the rest of the run
+                continue
+            share = (time.perf_counter() - start) / len(chunk)
+            for out in got:
+                outs.append(out)
+                stats.append(RunStats(tile=0, tiles=1, infer_s=share, model_info=list(info)))
+            i += len(chunk)
+        return outs, stats
+
+    def _one_by_one(self, images: list[torch.Tensor],
+                    quantize: int | None) -> tuple[list[torch.Tensor], list[RunStats]]:
+        pairs = [self.run(im, quantize=quantize) for im in images]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def _run_whole(self, images: list[torch.Tensor], plan: TilePlan,
+                   quantize: int | None) -> tuple[list[torch.Tensor], list[dict]]:
+        """One forward of a single-tile plan over a stack of images; the same pixels `_run_plan` gives each."""
+        if self.should_stop():
+            raise InterruptError("interrupted")
+        s = plan.scale
+        stack = torch.stack(images)
+        if self.device.type == "cuda":
+            stack = stack.pin_memory()
+        x = pad_reflect(_unit_float(stack.to(self.device, non_blocking=True)), *plan.pad)
+        ((_, _, y, x0),) = plan.positions()
+        wy, wx = plan.window_origin(y, x0)
+        windows = x[:, :, wy:wy + plan.window_h, wx:wx + plan.window_w]
+        info: list[dict] = []
+        with torch.inference_mode():
+            y_dev = self.call(self.model, self._to_format(windows.to(self.dtype)))
+            last = getattr(self.model, "last_info", None)
+            if last:
+                info.append(dict(last))
+            if y_dev.shape[-2:] != (plan.window_h * s, plan.window_w * s):
+                raise RestoreError(f"{self.spec.id} returned {tuple(y_dev.shape[-2:])} for a "
+                                   f"{plan.window_h}x{plan.window_w} tile, expected scale {s}")
+            oy, ox = (y - wy) * s, (x0 - wx) * s
+            core = y_dev[:, :, oy:oy + plan.tile_h * s, ox:ox + plan.tile_w * s].float()
+            return list(_finish(core, quantize).unbind(0)), info
+
     def _resident(self, image: torch.Tensor, plan: TilePlan) -> bool:
         """Whether the whole image (as float) and the output accumulators go on the GPU: fast, and they fit."""
         if self.device.type != "cuda":
