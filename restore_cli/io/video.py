@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import secrets
 import threading
@@ -72,6 +73,8 @@ _MUXER_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder", "
 # AVColorSpace -> swscale matrix name, for RGB<->YUV conversions that match the tags.
 _SWS_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "SMPTE170M", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
 _RANGE_NAMES = {1: "MPEG", 2: "JPEG"}
+# FFmpeg's muxers of the MP4/QuickTime family (edit lists in a movie timescale).
+_MOV_MUXERS = {"mp4", "mov", "ipod", "3gp", "3g2", "psp", "ismv", "f4v"}
 # Output codec for an audio stream the container cannot hold, by container.
 _AUDIO_FALLBACK = ("aac", "libopus", "flac", "libmp3lame", "pcm_s16le")
 
@@ -761,6 +764,20 @@ class VideoWriter:
         self.codec, self.pix_fmt = codec, pix_fmt
         if self.source is not None and self.copy_streams:
             self._open_copies()
+        self._exact_mp4_starts()
+
+    def _exact_mp4_starts(self) -> None:
+        """MP4/MOV say where a track starts (an edit list) in the movie's clock, milliseconds unless told; a track
+        that starts later (a --frames range) would move to a whole millisecond. A clock every track's time base
+        divides keeps each start exact."""
+        if self._out.format.name not in _MOV_MUXERS:
+            return
+        scale = 1
+        for stream in self._out.streams:
+            if stream.time_base is not None:
+                scale = math.lcm(scale, Fraction(stream.time_base).denominator)
+        if 1000 < scale < 2**31:
+            self._out.options["movie_timescale"] = str(scale)
 
     def _open_copies(self) -> None:
         """Add an output stream for every other source stream; they are muxed as video goes out."""
