@@ -236,8 +236,9 @@ class _Run:
         first = ready[0].prepared
         assert first is not None
         try:
+            # wait=False: on a GPU the results come down while the next batch computes (`stats.wait()` in _save)
             outs, stats = runner.run_many([g.prepared.tensor for g in ready],  # type: ignore[union-attr]
-                                          quantize=first.quantize)
+                                          quantize=first.quantize, wait=False)
             return {id(g): (o, st, None) for g, o, st in zip(ready, outs, stats, strict=True)}
         except InterruptError:
             raise
@@ -252,6 +253,7 @@ class _Run:
 
     @staticmethod
     def _save(unit: Unit, prepared: pixels.Prepared, out: Any, stats: RunStats, scale: int) -> tuple[Any, float]:
+        stats.wait()
         t = time.perf_counter()
         array = pixels.finish(prepared, out, scale)
         value = unit.save(array, stats) if unit.save is not None else array
@@ -266,13 +268,14 @@ class _Run:
             if isinstance(item, _Failure):
                 raise item.error
             g, stats, error, fut = item
-            outcome = Outcome(g.unit, error=error, stats=stats, decode_s=g.decode_s + g.unit.decode_s,
-                              infer_s=stats.infer_s if stats is not None else 0.0)
+            outcome = Outcome(g.unit, error=error, stats=stats, decode_s=g.decode_s + g.unit.decode_s)
             if fut is not None:
                 try:
                     outcome.value, outcome.encode_s = fut.result()
                 except Exception as e:  # the unit's own failure (disk full, ...)
                     outcome.error = e
+            if stats is not None:
+                outcome.infer_s = stats.infer_s  # the device's time, known once the results came down
             yield outcome
         if self.cut_short:
             raise InterruptError("interrupted")

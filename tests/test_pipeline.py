@@ -91,6 +91,45 @@ def test_run_many_halves_the_batch_on_out_of_memory() -> None:
     assert all(torch.allclose(a, runner.run(f)[0], atol=1e-5, rtol=0) for a, f in zip(outs, frames, strict=True))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("quantize", [255, 65535, None])
+def test_run_many_on_cuda_downloads_while_the_next_batch_runs(quantize: int | None) -> None:
+    torch.manual_seed(0)
+    runner = Runner(LocalNet(2), _spec(2), device=torch.device("cuda"), dtype=torch.float32, tile=0, batch=3)
+    if quantize is None:
+        frames = [torch.rand(3, 30, 41) for _ in range(5)]
+    else:
+        frames = [(torch.rand(3, 30, 41) * quantize).round().to(torch.uint8 if quantize == 255 else torch.int32)
+                  for _ in range(5)]
+    single = [runner.run(f, quantize=quantize)[0] for f in frames]
+    outs, stats = runner.run_many(frames, quantize=quantize, wait=False)
+    assert stats[0].pending is not None
+    for st in stats:
+        st.wait()
+    assert all(st.pending is None and st.infer_s > 0 for st in stats)
+    for a, b in zip(outs, single, strict=True):
+        assert a.shape == b.shape == (3, 60, 82) and a.dtype == b.dtype and a.is_pinned()
+        assert a.permute(1, 2, 0).is_contiguous()  # H x W x C in memory: no transpose on the CPU
+        if quantize is None:
+            assert torch.allclose(a, b, atol=1e-5, rtol=0)
+        else:
+            assert _same_up_to_rounding(a.numpy(), b.numpy())
+
+
+@pytest.mark.cuda
+def test_folder_on_cuda_matches_cpu(span_weights: Path, tmp_path: Path) -> None:
+    _folder(tmp_path / "in", 6, sizes=((24, 32), (24, 32), (16, 20)))
+    results = {}
+    for device in ("cpu", "cuda"):
+        loaded = api.load_model(str(span_weights), task="upscale", device=device, precision="fp32")
+        results[device] = _run(tmp_path / "in", tmp_path / device, loaded, batch_size=2)
+        assert [r.status for r in results[device].records] == ["ok"] * 6
+    for f in sorted((tmp_path / "cpu").iterdir()):
+        a, b = np.asarray(PILImage.open(f)), np.asarray(PILImage.open(tmp_path / "cuda" / f.name))
+        assert _same_up_to_rounding(a, b, levels=2)
+    assert all(r.infer_ms > 0 for r in results["cuda"].records)
+
+
 # --------------------------------------------------------------------------- images
 
 
