@@ -208,3 +208,13 @@ def test_ctrl_c_exits_130_and_leaves_no_output(span_weights: Path, tmp_path: Pat
     assert proc.wait(timeout=120) == 130, rest
     assert "Traceback" not in rest
     assert sorted(f.name for f in tmp_path.iterdir()) == ["clip.mp4"]  # no output, no temporary
+
+
+def test_doctor_lists_video_encoders() -> None:
+    p = restore("doctor")
+    no_traceback(p)
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("video: PyAV"))
+    assert "libx264" in line.partition("usable:")[2]
+    for name in ("libx265", "libsvtav1", "libaom-av1", "ffv1", "h264_nvenc", "hevc_nvenc"):
+        assert name in p.stdout  # usable, or listed with why not
