@@ -320,10 +320,6 @@ class VideoReader:
             raise VideoError(f"{_show(self.path)}: not a video ({why})")
         self.info = info
 
-    @property
-    def ranged(self) -> bool:
-        return bool(self.start) or any(v is not None for v in (self.stop, self.start_time, self.stop_time))
-
     def __iter__(self) -> Iterator[Frame]:
         for decoded in self.decoded():
             yield decoded.to_frame()
