@@ -44,6 +44,7 @@ from torch import nn
 from .layers.detect import list_length, same_keys_and_shapes
 from .layers.norm import LayerNorm2d, RestormerLayerNorm
 from .layers.padding import pad_to_multiple
+from .layers.precision import upcast
 from .layers.restormer import FeedForward, RestormerUNet, ffn_factor, unet_radius
 from .ops.neighborhood_attn import na2d
 from .spec import ArchEntry, ArchSpec, StateDict
@@ -103,7 +104,7 @@ class MSDeformableNeighborhoodAttention(nn.Module):
         b, c, h, w = x.shape
         g, cg = self.n_groups, self.n_group_channels
         offset = self.conv_offset(q.reshape(b * g, cg, h, w))  # (B*g, 2, H, W): y, x
-        offset = (offset.float() if offset.dtype in (torch.float16, torch.bfloat16) else offset).tanh()
+        offset = upcast(offset).tanh()
         wy, wx = (0.5 + 0.5 * offset).unsqueeze(2).unbind(1)  # weight of the next row / column, (B*g, 1, H, W)
         xp = F.pad(x.reshape(b * g, cg, h, w), (0, 1, 0, 1))
         top = xp[..., :h, :w] + wx.to(x.dtype) * (xp[..., :h, 1:] - xp[..., :h, :w])
