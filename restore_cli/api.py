@@ -23,6 +23,7 @@ from .errors import RestoreError, UsageError
 from .io.images import from_float, to_float
 
 TileArg = int | str  # "auto", 0 (whole image) or a core size in pixels
+BatchArg = int | str  # "auto" (from free GPU memory; 1 on the CPU) or tiles per forward
 
 
 @dataclass
@@ -68,6 +69,18 @@ def _parse_tile(tile: TileArg) -> int | None:
     return tile
 
 
+def _parse_batch(batch: BatchArg) -> int | None:
+    if isinstance(batch, str):
+        if batch == "auto":
+            return None
+        if not batch.isdigit():
+            raise UsageError(f"--batch takes auto or a number of tiles, not {batch!r}")
+        batch = int(batch)
+    if batch < 1:
+        raise UsageError("--batch must be auto or at least 1")
+    return batch
+
+
 @dataclass(frozen=True)
 class ResolvedWeights:
     """A --model value made concrete: a local weights file and what is known about it before reading it."""
@@ -108,10 +121,13 @@ def resolve_weights(model: str, *, task: str | None = None, offline: bool = Fals
 
 
 def load_model(model: str | None = None, *, task: str | None = None, device: str = "auto",
-               precision: str = "auto", tile: TileArg = "auto", overlap: int = 16, batch: int = 1,
-               offline: bool = False) -> LoadedModel:
+               precision: str = "auto", tile: TileArg = "auto", overlap: int = 16, batch: BatchArg = "auto",
+               offline: bool = False, compile: str = "auto") -> LoadedModel:
     """Resolve a preset name / family name / weights file / hf:// URI (or the task's default preset) and build
-    the model. A family name needs `task` unless the family serves one task only."""
+    the model. A family name needs `task` unless the family serves one task only.
+
+    `compile` (GPU only): auto, on, off, or a mode (graph, inductor, inductor-graph; see engine/compiled.py).
+    auto captures fixed-shape forwards only where enough images of one size follow (`model.runner.expect(n)`)."""
     if model is None:
         if task is None:
             raise UsageError("name a model or a task")
@@ -128,7 +144,7 @@ def load_model(model: str | None = None, *, task: str | None = None, device: str
         raise UsageError(f"{name} is a {'/'.join(spec.tasks)} model ({spec.id}), not {task}")
     dev = pick_device(device)
     runner = Runner(module, spec, device=dev, dtype=pick_dtype(precision, spec, dev), tile=_parse_tile(tile),
-                    overlap=overlap, batch=batch)
+                    overlap=overlap, batch=_parse_batch(batch), compile=compile)
     return LoadedModel(name=name, runner=runner, spec=spec, weights=path,
                        license=preset.license if preset else "unknown (local file)",
                        description=preset.description if preset else "", kwargs=module.arch_kwargs,
@@ -156,6 +172,7 @@ def set_options(model: LoadedModel, **options: Any) -> None:
             # the engine sizes tiles and outputs by the descriptor's scale
             model.spec = dataclasses.replace(model.spec, scale=int(value))
             model.runner.spec = model.spec
+        model.runner.invalidate()  # forwards captured with the old value are stale
 
 
 # -- pixels ------------------------------------------------------------------------------------------------------
@@ -197,7 +214,7 @@ def _resize(arr: np.ndarray, scale: int) -> np.ndarray:
 
 
 def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None = None,
-                  overlap: int | None = None, batch: int | None = None) -> tuple[np.ndarray, RunStats]:
+                  overlap: int | None = None, batch: BatchArg | None = None) -> tuple[np.ndarray, RunStats]:
     """Restore one HxWxC (or HxW) image; returns the result in the input's dtype and channel layout.
 
     Alpha is handled exactly: colour is premultiplied before the model and un-premultiplied after; alpha itself is
@@ -208,7 +225,7 @@ def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None
     if overlap is not None:
         model.runner.overlap = overlap
     if batch is not None:
-        model.runner.batch = max(1, batch)
+        model.runner.batch = _parse_batch(batch)
     if array.dtype not in (np.uint8, np.uint16, np.float32, np.float64, np.float16):
         raise RestoreError(f"unsupported pixel type {array.dtype}")
     squeeze = array.ndim == 2
@@ -219,8 +236,11 @@ def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None
     has_alpha = channels in (2, 4)
     if not has_alpha and channels == model.spec.in_channels and array.dtype in (np.uint8, np.uint16):
         # The common case: integer pixels go to the device as they are and come back quantised there.
-        t = torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1),
-                                                  dtype=np.int32 if array.dtype == np.uint16 else np.uint8))
+        int_type = np.int32 if array.dtype == np.uint16 else np.uint8
+        if model.device.type == "cuda":  # HWC memory travels as it is; the GPU transposes
+            t = torch.from_numpy(np.ascontiguousarray(raw, dtype=int_type)).permute(2, 0, 1)
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1), dtype=int_type))
         out_t, stats = model.runner.run(t, quantize=255 if array.dtype == np.uint8 else 65535)
         result = out_t.numpy().transpose(1, 2, 0).astype(array.dtype, copy=False)
         return (result[..., 0] if squeeze else result), stats

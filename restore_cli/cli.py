@@ -45,7 +45,10 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=(
     "hf://owner/repo[/file][@rev]."))]
 TileOpt = Annotated[str, typer.Option(help="Tile size: auto, 0 (whole image) or a size in pixels.")]
 OverlapOpt = Annotated[int, typer.Option(min=0, help="Overlap between tiles, in pixels.")]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")]
+BatchOpt = Annotated[str, typer.Option("--batch", help="Tiles per forward pass: auto (from free GPU memory) or N.")]
+CompileOpt = Annotated[str, typer.Option("--compile", help=(
+    "Fixed-shape GPU forwards (torch.compile / CUDA graphs): auto (when enough images of one size follow, e.g. a "
+    "video or a folder), on, off, or a mode: graph, inductor, inductor-graph."))]
 PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 FormatOpt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp, tif or bmp [default: as input].")]
@@ -101,10 +104,11 @@ class _GracefulStop:
 
 
 def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str | None, tile: str, overlap: int,
-              batch_size: int, precision: str, device: str, fmt: str | None, suffix: str, recursive: bool,
+              batch_size: str, precision: str, device: str, fmt: str | None, suffix: str, recursive: bool,
               json_path: Path | None, quiet: bool, offline: bool, quality: int, skip_existing: bool,
               strip_metadata: bool, max_pixels: int | None, compare: bool = False,
-              options: dict[str, Any] | None = None, video: pipeline.VideoOptions | None = None) -> int:
+              options: dict[str, Any] | None = None, video: pipeline.VideoOptions | None = None,
+              compile_mode: str = "auto") -> int:
     from . import api  # torch: only once there is work to do
     from .io import images
 
@@ -115,8 +119,9 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
         raise UsageError("no images or videos found in the inputs")
     t0 = time.perf_counter()
     loaded = api.load_model(model, task=task, device=device, precision=precision, tile=tile, overlap=overlap,
-                            batch=batch_size, offline=offline)
+                            batch=batch_size, offline=offline, compile=compile_mode)
     api.set_options(loaded, **(options or {}))
+    loaded.runner.expect(len(jobs))  # videos raise it to their frame count (pipeline)
     _say_choice(loaded, quiet=quiet)
     if not quiet:
         err.print(styled((loaded.name, "bold"), f" ({loaded.spec.id}, x{loaded.spec.scale}, "
@@ -150,7 +155,7 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
         reporter.write_json(json_path, {
             "task": task, "model": loaded.name, "arch": loaded.spec.id, "weights": str(loaded.weights),
             "device": str(loaded.device), "precision": str(loaded.dtype).removeprefix("torch."),
-            "tile": tile, "overlap": overlap, "batch": batch_size})
+            "tile": tile, "overlap": overlap, "batch": batch_size, "compile": compile_mode})
     if interrupted:
         return 130
     return 1 if any(r.status == "failed" for r in reporter.records) else 0
@@ -166,8 +171,8 @@ def _say_choice(loaded: LoadedModel, *, quiet: bool) -> None:
 
 def _task_command(task: str, help_text: str) -> Any:
     def command(inputs: Inputs, output: Output = None, model: ModelOpt = None, tile: TileOpt = "auto",
-                overlap: OverlapOpt = 16, batch_size: Annotated[int, typer.Option("--batch", min=1,
-                help="Tiles per forward pass.")] = 1, precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
+                overlap: OverlapOpt = 16, batch_size: BatchOpt = "auto", compile_mode: CompileOpt = "auto",
+                precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
                 fmt: FormatOpt = None, suffix: SuffixOpt = "", recursive: RecursiveOpt = False,
                 json_path: JsonOpt = None, quiet: QuietOpt = False, offline: OfflineOpt = False,
                 quality: QualityOpt = 95, skip_existing: SkipOpt = False, strip_metadata: StripOpt = False,
@@ -181,7 +186,7 @@ def _task_command(task: str, help_text: str) -> Any:
                          recursive=recursive, json_path=json_path, quiet=quiet, offline=offline, quality=quality,
                          skip_existing=skip_existing, strip_metadata=strip_metadata, max_pixels=max_pixels,
                          compare=compare, options={"scale": scale, "ratio": ratio, "exit_threshold": exit_threshold},
-                         video=video)
+                         video=video, compile_mode=compile_mode)
         raise typer.Exit(code)
 
     command.__doc__ = help_text

@@ -143,6 +143,7 @@ def _image(job: batch.Job, loaded: LoadedModel, s: Settings, rec: FileRecord) ->
     rec.size_in = (w, h)
     result, stats = api.restore_image(loaded, img.pixels)
     rec.infer_ms = stats.infer_s * 1000
+    rec.compile_ms = stats.compile_s * 1000
     rec.tile, rec.tiles, rec.notes, rec.model_info = stats.tile, stats.tiles, stats.notes, stats.model_info
     rec.size_out = (result.shape[1], result.shape[0])
     t = time.perf_counter()
@@ -210,6 +211,9 @@ def _video(job: batch.Job, loaded: LoadedModel, s: Settings, info: VideoInfo, re
         rec.notes.append("--compare is for images")
     v = s.video
     reader = video.VideoReader(job.source, start=v.start, stop=v.stop)
+    if info.duration and info.frame_rate:  # every frame has one size: worth a fixed-shape forward (compile auto)
+        total = round(info.duration * float(info.frame_rate))
+        loaded.runner.expect(min(total, v.stop or total) - (v.start or 0))
     decode = infer = encode = 0.0
     frames = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +233,9 @@ def _video(job: batch.Job, loaded: LoadedModel, s: Settings, info: VideoInfo, re
                 break
             result, stats = api.restore_image(loaded, frame.pixels)
             infer += stats.infer_s
+            rec.compile_ms += stats.compile_s * 1000
+            if stats.compile_s and frames > 0:
+                rec.notes += stats.notes  # a compile that failed after the first frame says so
             if frames == 0:  # the same for every frame: report them once
                 rec.tile, rec.tiles, rec.model_info = stats.tile, stats.tiles, stats.model_info
                 rec.notes += stats.notes
