@@ -232,6 +232,56 @@ def doctor(build: Annotated[bool, typer.Option("--build", help="Compile every CU
                                                    "'mamba_ssm' available" if mamba else "not installed"))
 
 
+# -- bench ------------------------------------------------------------------------------------------------------
+@app.command("bench")
+def bench_command(
+    model: Annotated[str, typer.Argument(help="Preset name or architecture (random weights), or a weights file.",
+                                         metavar="MODEL")],
+    size: Annotated[str | None, typer.Option(help="Frame WIDTHxHEIGHT [default: 960x540 for upscalers, "
+                                                  "1920x1080 otherwise].")] = None,
+    batch_size: Annotated[str, typer.Option("--batch", help="Tiles per forward in the tiled runs: auto or N.")]
+    = "auto",
+    repeat: Annotated[int, typer.Option(min=1, help="Timed runs per variant (the median is shown).")] = 5,
+    modes: Annotated[str, typer.Option(help="Capture modes to time, comma-separated: graph, inductor, "
+                                            "inductor-graph, auto (the model's own), or none.")] = "graph,auto",
+    precision: PrecisionOpt = "auto", device: DeviceOpt = "auto", json_path: JsonOpt = None,
+) -> None:
+    """GPU throughput of one model: the usual 512-tile loop, one eager forward, captured forwards, and the engine
+    through the API (uint8 in and out) with each optimisation on and off."""
+    from . import benchmark
+    from .api import _parse_batch
+    from .engine.runner import pick_device
+
+    dev = pick_device(device)
+    wanted = tuple(m.strip() for m in modes.split(",") if m.strip() and m.strip() != "none")
+    unknown = [m for m in wanted if m not in (*benchmark.compiled.MODES, "auto")]
+    if unknown:
+        raise UsageError(f"--modes: unknown {', '.join(unknown)} (use graph, inductor, inductor-graph, auto, none)")
+    label, module, spec, random = benchmark.build_model(model)
+    frame = benchmark.parse_size(size) if size else benchmark.default_size(spec)
+    if spec.input_kind != "image":
+        raise UsageError(f"{label} is a generator (its input is a latent code); nothing to benchmark on frames")
+    opts = benchmark.Options(repeat=repeat, batch=_parse_batch(batch_size), modes=wanted, precision=precision)
+    err.print(f"{label} ({spec.id}{', random weights' if random else ''}) on {dev}, "
+              f"{frame[0]}x{frame[1]} frame", soft_wrap=True)
+    res = benchmark.bench_model(label, module, spec, frame, dev, opts, log=lambda s: err.print(s, soft_wrap=True))
+    peak = benchmark.matmul_peak_tflops(dev)
+    table = Table(show_edge=False, pad_edge=False)
+    columns = [c for c in benchmark.COLUMNS if c not in ("model", "frame", "precision")]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("variant", "note") else "right")
+    rows = benchmark.rows(res, peak)
+    for r in rows:
+        table.add_row(*(str(r.get(c, "")) for c in columns))
+    out.print(table)
+    out.print(f"{res.label}: {res.gmacs:.0f} GMAC per frame, {res.precision}"
+              + (f"; bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""), soft_wrap=True)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"environment": benchmark.environment(dev), "peak_tflops": peak,
+                                         "rows": rows, "summary": benchmark.summary(res)}, indent=2) + "\n")
+
+
 # -- eval -------------------------------------------------------------------------------------------------------
 def _list_degradations(value: bool) -> None:
     # Eager: runs while parsing, before click asks for FOLDER, so `restore eval --list` needs nothing else.

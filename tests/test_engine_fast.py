@@ -7,6 +7,8 @@ The captured forwards themselves (CUDA graphs, torch.compile) are tested on the 
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +155,56 @@ def test_compile_option_through_the_api_on_the_cpu(span_weights: object) -> None
         api.load_model(str(span_weights), device="cpu", compile="on")
     with pytest.raises(UsageError, match="--batch"):
         api.load_model(str(span_weights), device="cpu", batch="0")
+
+
+def test_inductor_cache_lives_in_the_restore_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("RESTORE_CACHE_DIR", str(tmp_path))
+    compiled.configure_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    # a user's own choice is kept
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compiled.configure_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_baseline_tile_loop_is_the_whole_frame_when_context_suffices() -> None:
+    from restore_cli.benchmark import tile_loop
+
+    model = LocalNet(2).eval()
+    x = torch.rand(1, 3, 45, 70)
+    with torch.no_grad():
+        whole = model(x)
+        looped = tile_loop(model, x, scale=2, tile=16, pad=4)  # LocalNet's receptive radius is 4
+        seamy = tile_loop(model, x, scale=2, tile=16, pad=1)
+    torch.testing.assert_close(looped, whole, rtol=0, atol=1e-5)
+    assert float((seamy - whole).abs().max()) > 1e-3  # too little context shows at the cuts
+
+
+def test_bench_command_on_the_cpu(tmp_path: Path) -> None:
+    """`restore bench` end to end on a tiny frame (CPU: no captures; timings are not checked)."""
+    import json
+
+    from tests.conftest import no_traceback, restore
+
+    out = tmp_path / "b.json"
+    p = restore("bench", "span", "--size", "40x24", "--repeat", "1", "--json", out)
+    no_traceback(p)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())
+    variants = [r["variant"] for r in doc["rows"]]
+    assert variants[:3] == ["loop512", "eager", "api"] and "api tile512" in variants
+    assert all(isinstance(r.get("ms"), float) for r in doc["rows"]), doc["rows"]
+    assert doc["summary"]["model"] == "span" and doc["summary"]["loop512 ms"]
+    bad = restore("bench", "span", "--size", "40by24")
+    assert bad.returncode == 2 and "--size" in bad.stderr
+
+
+def test_throughput_markdown_has_the_summary_and_geomean() -> None:
+    from bench.throughput import markdown
+
+    doc = {"environment": {"gpu": "G", "driver": "1", "torch": "t", "cuda": "c", "date": "d"}, "peak_tflops": 700.0,
+           "summary": [{"model": "m", "api speed-up vs loop": 4.5}], "rows": [{"model": "m", "variant": "eager"}],
+           "skipped": ["x"], "geomean_api_speedup_vs_loop": 4.5, "wall_s": 300, "compile_s": 100.0}
+    md = markdown(doc)
+    assert "GPU G (driver 1)" in md and "4.50x" in md and "| m | 4.5 |" in md and "Not run" in md

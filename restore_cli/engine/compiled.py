@@ -146,6 +146,9 @@ class StaticForward:
         """Compile and/or record the forward for x's shape; returns the seconds it took (synchronised)."""
         torch.cuda.synchronize(x.device)
         start = time.perf_counter()
+        # A fixed shape is what cuDNN's autotuner is for: the warm-up picks each convolution's fastest algorithm
+        # (process-wide, so shapes run eagerly later are tuned on first use too).
+        torch.backends.cudnn.benchmark = True
         fn = self._fn()
         key = self.key(x)
         if self.mode == "inductor":

@@ -50,8 +50,11 @@ def pick_dtype(precision: str, spec: ArchSpec, device: torch.device) -> torch.dt
             raise UsageError("fp16 needs a CUDA GPU; use fp32 or bf16 on the CPU")
         return DTYPES["bf16"] if precision == "bf16" else torch.float32
     if precision == "auto":
+        # the descriptor's measured choice, where the arch and the GPU allow it
         preferred = DTYPES.get(spec.gpu_precision or "")
-        if preferred is not None and (preferred is not torch.bfloat16 or torch.cuda.is_bf16_supported()):
+        allowed = {torch.float32: True, torch.float16: spec.fp16,
+                   torch.bfloat16: spec.bf16 and torch.cuda.is_bf16_supported()}
+        if preferred is not None and allowed[preferred]:
             return preferred
         if spec.fp16:
             return torch.float16
@@ -142,6 +145,12 @@ class Runner:
     def expect(self, forwards: int) -> None:
         """Hint for `compile auto`: about this many images of the coming size will run (a folder, a video)."""
         self._expected = max(1, forwards)
+
+    def use_captured(self, static: compiled.StaticForward) -> None:
+        """Reuse forwards captured elsewhere for this same module (the benchmark captures each shape once)."""
+        if static.model is not self.model:
+            raise ValueError("captured forwards belong to another module")
+        self._static = static
 
     def invalidate(self) -> None:
         """Forget captured forwards (call after changing the model's runtime options, e.g. SpanC's scale)."""
