@@ -18,6 +18,7 @@ import archs
 from archs import ArchSpec
 
 from . import loading, presets, resolve
+from .engine import compiled
 from .engine.runner import Runner, RunStats, pick_device, pick_dtype
 from .errors import RestoreError, UsageError
 from .io.images import from_float, to_float
@@ -132,6 +133,9 @@ def load_model(model: str | None = None, *, task: str | None = None, device: str
         if task is None:
             raise UsageError("name a model or a task")
         model = presets.default_for(task).name
+    dev = pick_device(device)
+    batch_size, tile_size = _parse_batch(batch), _parse_tile(tile)
+    compiled.check_choice(compile, dev)  # option mistakes fail before any download
     got = resolve_weights(model, task=task, offline=offline)
     name, path, preset = got.name, got.path, got.preset
     sd = loading.read_state_dict(path)
@@ -142,9 +146,8 @@ def load_model(model: str | None = None, *, task: str | None = None, device: str
                          "use it from Python with archs.build(), not on image files")
     if task is not None and preset is None and task not in spec.tasks and task != "restore":
         raise UsageError(f"{name} is a {'/'.join(spec.tasks)} model ({spec.id}), not {task}")
-    dev = pick_device(device)
-    runner = Runner(module, spec, device=dev, dtype=pick_dtype(precision, spec, dev), tile=_parse_tile(tile),
-                    overlap=overlap, batch=_parse_batch(batch), compile=compile)
+    runner = Runner(module, spec, device=dev, dtype=pick_dtype(precision, spec, dev), tile=tile_size,
+                    overlap=overlap, batch=batch_size, compile=compile)
     return LoadedModel(name=name, runner=runner, spec=spec, weights=path,
                        license=preset.license if preset else "unknown (local file)",
                        description=preset.description if preset else "", kwargs=module.arch_kwargs,

@@ -133,13 +133,14 @@ def _sync(device: torch.device) -> None:
 def measure(fn: Callable[[], object], device: torch.device, *, repeat: int = 5,
             budget_s: float = 4.0) -> tuple[float, float | None]:
     """(median milliseconds, peak GiB allocated) of fn(): one warm-up call, then up to `repeat` timed calls (fewer
-    when one takes long, at least 3). CUDA events on the GPU, so only the GPU's timeline counts, idle gaps included."""
+    when they take long, at least 3 unless `repeat` is less). CUDA events on the GPU, so only the GPU's timeline
+    counts, idle gaps included."""
     fn()
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times: list[float] = []
-    while len(times) < repeat and (len(times) < 3 or sum(times) < budget_s * 1000):
+    while len(times) < repeat and (len(times) < min(3, repeat) or sum(times) < budget_s * 1000):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()

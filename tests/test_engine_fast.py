@@ -89,8 +89,8 @@ def test_fixed_batch_is_split_evenly(batch: int, count: int, want: int) -> None:
 
 
 def test_auto_batch_is_one_on_the_cpu() -> None:
-    image = torch.rand(3, 70, 90)
-    runner = Runner(LocalNet(1), _spec(1), device=CPU, dtype=torch.float32, tile=24, batch=None)
+    image = torch.rand(3, 40, 50)
+    runner = Runner(LocalNet(1), _spec(1), device=CPU, dtype=torch.float32, tile=16, overlap=4, batch=None)
     _, stats = runner.run(image)
     assert stats.tiles > 1 and stats.batch == 1
 
@@ -181,22 +181,22 @@ def test_baseline_tile_loop_is_the_whole_frame_when_context_suffices() -> None:
     assert float((seamy - whole).abs().max()) > 1e-3  # too little context shows at the cuts
 
 
-def test_bench_command_on_the_cpu(tmp_path: Path) -> None:
+def test_bench_command_on_the_cpu(tmp_path: Path, span_weights: Path) -> None:
     """`restore bench` end to end on a tiny frame (CPU: no captures; timings are not checked)."""
     import json
 
     from tests.conftest import no_traceback, restore
 
     out = tmp_path / "b.json"
-    p = restore("bench", "span", "--size", "40x24", "--repeat", "1", "--json", out)
+    p = restore("bench", span_weights, "--size", "40x24", "--repeat", "1", "--json", out)
     no_traceback(p)
     assert p.returncode == 0, p.stderr
     doc = json.loads(out.read_text())
     variants = [r["variant"] for r in doc["rows"]]
     assert variants[:3] == ["loop512", "eager", "api"] and "api tile512" in variants
     assert all(isinstance(r.get("ms"), float) for r in doc["rows"]), doc["rows"]
-    assert doc["summary"]["model"] == "span" and doc["summary"]["loop512 ms"]
-    bad = restore("bench", "span", "--size", "40by24")
+    assert doc["summary"]["model"] == span_weights.name and doc["summary"]["loop512 ms"]
+    bad = restore("bench", span_weights, "--size", "40by24")
     assert bad.returncode == 2 and "--size" in bad.stderr
 
 
