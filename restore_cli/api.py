@@ -241,7 +241,7 @@ def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None
         # The common case: integer pixels go to the device as they are and come back quantised there.
         int_type = np.int32 if array.dtype == np.uint16 else np.uint8
         if model.device.type == "cuda":  # HWC memory travels as it is; the GPU transposes
-            t = torch.from_numpy(np.ascontiguousarray(raw, dtype=int_type)).permute(2, 0, 1)
+            t = torch.from_numpy(np.require(raw, dtype=int_type, requirements=["C", "W"])).permute(2, 0, 1)
         else:
             t = torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1), dtype=int_type))
         out_t, stats = model.runner.run(t, quantize=255 if array.dtype == np.uint8 else 65535)

@@ -128,6 +128,10 @@ def test_prepare_model_makes_parameters_contiguous_and_fuses() -> None:
     # re-parameterised families: the fused eval weights are contiguous themselves (torch.compile needs it)
     span = prepare_model(archs.build("span", feature_channels=8, upscale=2), CPU, torch.float32, False)
     assert span.conv_1.eval_conv.weight.is_contiguous()
+    # preparing a prepared module again keeps every parameter's storage (CUDA graphs captured on it stay valid)
+    before = [p.data_ptr() for p in span.parameters()]
+    prepare_model(span, CPU, torch.float32, False)
+    assert [p.data_ptr() for p in span.parameters()] == before
 
 
 def test_transfers_are_the_identity_on_the_cpu() -> None:

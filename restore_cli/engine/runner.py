@@ -99,7 +99,11 @@ def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, ch
     """The module as inference runs it: on the device in the dtype, in eval mode (which fuses re-parameterised
     branches: SPAN, SpanC, OmniShift), every parameter contiguous (what compiled kernels and cuDNN expect), and
     channels-last when asked."""
-    model = model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype)
+    if any(m.training for m in model.modules()):
+        # Only when needed: fusing again would give the parameters new storage, behind the back of CUDA graphs
+        # already captured on this module (a benchmark runs one module through several runners).
+        model.eval()
     with torch.no_grad():
         for p in model.parameters():
             if not p.is_contiguous():
