@@ -64,6 +64,7 @@ class Result:
     precision: str
     params: int
     gmacs: float  # multiply-accumulates of one frame (convolutions and linear layers), in billions
+    channels_last: bool = False
     variants: list[Variant] = field(default_factory=list)
 
     def get(self, name: str) -> Variant | None:
@@ -236,7 +237,7 @@ def bench_model(label: str, model: nn.Module, spec: ArchSpec, size: tuple[int, i
     side = max(64, round_up(spec.min_size, spec.multiple_of), 4 * spec.multiple_of)
     gmacs = macs_per_megapixel(main, in_channels=spec.in_channels, side=side) * width * height / 1e6 / 1e9
     res = Result(label, spec.id, size, spec.scale, str(dtype).removeprefix("torch."),
-                 sum(p.numel() for p in main.parameters()), gmacs)
+                 sum(p.numel() for p in main.parameters()), gmacs, channels_last)
     frame8 = natural_frame(width, height, spec.in_channels)
     x = torch.from_numpy(frame8).permute(2, 0, 1)[None].float().div(255)
     x = pad_reflect(x, 0, round_up(width, spec.multiple_of) - width, 0, round_up(height, spec.multiple_of) - height)
@@ -320,6 +321,8 @@ def bench_model(label: str, model: nn.Module, spec: ArchSpec, size: tuple[int, i
     if best_mode is not None:
         engine(f"api {best_mode}", main, mode=best_mode, static=statics[best_mode])
     engine("api tile512", main, tile=512, batch=opts.batch)
+    if opts.batch != 1:
+        engine("api tile512 batch=1", main, tile=512, batch=1)  # what batching tiles buys
     if best_mode is not None:
         # tiles are another shape: inductor compiles again, so only within the budget
         left = opts.compile_budget_s - sum(spent.values())
@@ -397,11 +400,33 @@ def summary(res: Result) -> dict[str, Any]:
         return round(a.ms / b.ms, 2) if a and b and a.ms and b.ms else ""
 
     return {"model": res.label, "frame": f"{res.frame[0]}x{res.frame[1]}", "precision": res.precision,
+            "descriptor": suggest(res),
             "GMAC/frame": round(res.gmacs, 1), "loop512 ms": ms(loop), "eager ms": ms(res.get("eager")),
             "best whole ms": ms(whole), "best whole": whole.name if whole else "", "api ms": ms(res.get("api")),
             "best api ms": ms(api_best), "best api": api_best.name if api_best else "",
             "api speed-up vs loop": ratio(loop, api_best), "tile512 ms": ms(tiled),
             "tile512 / best whole": ratio(tiled, whole)}
+
+
+def suggest(res: Result, margin: float = 0.95) -> str:
+    """ArchSpec fields these timings argue for (part 3 of issue 13): the capture mode with the fastest whole-frame
+    forward, and channels_last / precision where flipping them made the API at least 5% faster. Precision changes
+    still need tests/test_throughput_cuda.py's accuracy check."""
+    eager = res.get("eager")
+    modes = {v.name.split(" ", 1)[1]: v.ms for v in res.variants if v.name.startswith("module ") and v.ms}
+    mode = min(modes, key=lambda m: modes[m]) if modes else "none"
+    if eager and eager.ms and (not modes or modes[mode] > margin * eager.ms):
+        mode = "none"
+    out = [f"compile_mode={mode}"]
+    api_ms = (res.get("api") or Variant("")).ms
+    for v in res.variants:
+        if not (api_ms and v.ms and v.ms < margin * api_ms):
+            continue
+        if v.name.startswith("api channels_last="):
+            out.append(v.name.removeprefix("api "))
+        elif v.name in ("api float16", "api bfloat16", "api float32"):
+            out.append("gpu_precision=" + {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}[v.name[4:]])
+    return ", ".join(out)
 
 
 def geomean(values: list[float]) -> float | None:
