@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="every listed model")
     ap.add_argument("--only", default="", help="comma-separated substrings of case names")
     ap.add_argument("--out", type=Path, default=None, help="folder for throughput.json and throughput.md")
-    ap.add_argument("--budget-s", type=float, default=300.0, help="start no model after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=270.0, help="start no model after this many seconds")
     ap.add_argument("--compile-budget-s", type=float, default=170.0, help="inductor compile seconds, all models")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--modes", default="graph,auto", help="capture modes to time (see restore bench --help)")

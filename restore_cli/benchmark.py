@@ -132,16 +132,17 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(fn: Callable[[], object], device: torch.device, *, repeat: int = 5,
-            budget_s: float = 4.0) -> tuple[float, float | None]:
-    """(median milliseconds, peak GiB allocated) of fn(): one warm-up call, then up to `repeat` timed calls (fewer
-    when they take long, at least 3 unless `repeat` is less). CUDA events on the GPU, so only the GPU's timeline
-    counts, idle gaps included."""
+            budget_s: float = 2.0) -> tuple[float, float | None]:
+    """(median milliseconds, peak GiB allocated) of fn(): one warm-up call, then up to `repeat` timed calls, fewer
+    once they took `budget_s` (at least 3, or 2 for calls over a second; never more than `repeat`). CUDA events on
+    the GPU, so only the GPU's timeline counts, idle gaps included."""
     fn()
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times: list[float] = []
-    while len(times) < repeat and (len(times) < min(3, repeat) or sum(times) < budget_s * 1000):
+    while len(times) < repeat and (len(times) < min(2 if times and times[0] > 1000 else 3, repeat)
+                                   or sum(times) < budget_s * 1000):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -379,7 +380,7 @@ def rows(res: Result, peak_tflops: float | None) -> list[dict[str, Any]]:
             row["compile s"] = round(v.compile_s, 1)
         if v.diff255 is not None:
             row["diff /255"] = v.diff255
-        out.append(row)
+        out.append({c: row[c] for c in COLUMNS if c in row})
     return out
 
 
