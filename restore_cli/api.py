@@ -20,11 +20,10 @@ from archs import ArchSpec
 from . import loading, presets, resolve
 from .engine import compiled
 from .engine.runner import Runner, RunStats, pick_device, pick_dtype
-from .errors import RestoreError, UsageError
-from .io.images import from_float, to_float
+from .errors import UsageError
 
 TileArg = int | str  # "auto", 0 (whole image) or a core size in pixels
-BatchArg = int | str  # "auto" (from free GPU memory; 1 on the CPU) or tiles per forward
+BatchArg = int | str  # "auto" (from free GPU memory; 1 on the CPU) or pictures per forward
 
 
 @dataclass
@@ -75,7 +74,7 @@ def _parse_batch(batch: BatchArg) -> int | None:
         if batch == "auto":
             return None
         if not batch.isdigit():
-            raise UsageError(f"--batch takes auto or a number of tiles, not {batch!r}")
+            raise UsageError(f"--batch takes auto or a number of pictures, not {batch!r}")
         batch = int(batch)
     if batch < 1:
         raise UsageError("--batch must be auto or at least 1")
@@ -127,6 +126,7 @@ def load_model(model: str | None = None, *, task: str | None = None, device: str
     """Resolve a preset name / family name / weights file / hf:// URI (or the task's default preset) and build
     the model. A family name needs `task` unless the family serves one task only.
 
+    `batch`: pictures (or tiles) per forward, auto: as many as half the free GPU memory holds (1 on the CPU).
     `compile` (GPU only): auto, on, off, or a mode (graph, inductor, inductor-graph; see engine/compiled.py).
     auto captures fixed-shape forwards only where enough images of one size follow (`model.runner.expect(n)`)."""
     if model is None:
@@ -178,89 +178,20 @@ def set_options(model: LoadedModel, **options: Any) -> None:
         model.runner.invalidate()  # forwards captured with the old value are stale
 
 
-# -- pixels ------------------------------------------------------------------------------------------------------
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def _run_colour(model: LoadedModel, colour: np.ndarray) -> tuple[np.ndarray, RunStats]:
-    """colour: HxWx{1,3} float32 -> model output with the same channel count."""
-    want = model.spec.in_channels
-    have = colour.shape[2]
-    x = colour
-    if have == 1 and want == 3:
-        x = np.repeat(colour, 3, axis=2)
-    elif have == 3 and want == 1:
-        # A 1-channel model restores luma; chroma is carried over (resized for SR).
-        x = (colour @ _LUMA)[..., None]
-    elif have != want:
-        raise RestoreError(f"{model.spec.id} takes {want}-channel input, image has {have}")
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-    out_t, stats = model.runner.run(t)
-    out = out_t.numpy().transpose(1, 2, 0)
-    if have == 1 and want == 3:
-        out = (out @ _LUMA)[..., None]
-    elif have == 3 and want == 1:
-        y_in = (colour @ _LUMA)[..., None]
-        chroma = colour - y_in
-        if model.spec.scale != 1:
-            chroma = _resize(chroma, model.spec.scale)
-        out = out + chroma
-    return out, stats
-
-
-def _resize(arr: np.ndarray, scale: int) -> np.ndarray:
-    import cv2
-
-    h, w = arr.shape[:2]
-    res = cv2.resize(arr, (w * scale, h * scale), interpolation=cv2.INTER_CUBIC)
-    return res.reshape(h * scale, w * scale, *arr.shape[2:])
-
-
 def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None = None,
                   overlap: int | None = None, batch: BatchArg | None = None) -> tuple[np.ndarray, RunStats]:
     """Restore one HxWxC (or HxW) image; returns the result in the input's dtype and channel layout.
 
     Alpha is handled exactly: colour is premultiplied before the model and un-premultiplied after; alpha itself is
-    carried over (bicubic-resized for SR, clipped to [0, 1]); an all-opaque alpha stays all-opaque.
+    carried over (bicubic-resized for SR, clipped to [0, 1]); an all-opaque alpha stays all-opaque. The flow (and
+    every pixel conversion) is the CLI's: `pipeline.restore_array`.
     """
+    from . import pipeline
+
     if tile is not None:
         model.runner.tile = _parse_tile(tile)
     if overlap is not None:
         model.runner.overlap = overlap
     if batch is not None:
         model.runner.batch = _parse_batch(batch)
-    if array.dtype not in (np.uint8, np.uint16, np.float32, np.float64, np.float16):
-        raise RestoreError(f"unsupported pixel type {array.dtype}")
-    squeeze = array.ndim == 2
-    raw = array[..., None] if squeeze else array
-    channels = raw.shape[2]
-    if raw.ndim != 3 or channels not in (1, 2, 3, 4):
-        raise RestoreError(f"unsupported image shape {array.shape}")
-    has_alpha = channels in (2, 4)
-    if not has_alpha and channels == model.spec.in_channels and array.dtype in (np.uint8, np.uint16):
-        # The common case: integer pixels go to the device as they are and come back quantised there.
-        int_type = np.int32 if array.dtype == np.uint16 else np.uint8
-        if model.device.type == "cuda":  # HWC memory travels as it is; the GPU transposes
-            t = torch.from_numpy(np.require(raw, dtype=int_type, requirements=["C", "W"])).permute(2, 0, 1)
-        else:
-            t = torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1), dtype=int_type))
-        out_t, stats = model.runner.run(t, quantize=255 if array.dtype == np.uint8 else 65535)
-        result = out_t.numpy().transpose(1, 2, 0).astype(array.dtype, copy=False)
-        return (result[..., 0] if squeeze else result), stats
-    img = to_float(raw)
-    colour = img[..., :-1] if has_alpha else img
-    if not has_alpha:
-        out, stats = _run_colour(model, colour)
-    else:
-        alpha = img[..., -1:]
-        opaque = bool(np.all(alpha >= 1.0))
-        out, stats = _run_colour(model, colour if opaque else colour * alpha)
-        s = model.spec.scale
-        if opaque:
-            alpha_out = np.ones((*out.shape[:2], 1), dtype=np.float32)
-        else:
-            alpha_out = np.clip(_resize(alpha, s) if s != 1 else alpha, 0.0, 1.0)
-            out = np.where(alpha_out > 1e-6, out / np.maximum(alpha_out, 1e-6), 0.0)
-        out = np.concatenate([out, alpha_out], axis=2)
-    result = from_float(out.astype(np.float32), array.dtype if array.dtype in (np.uint8, np.uint16) else np.float32)
-    return (result[..., 0] if squeeze else result), stats
+    return pipeline.restore_array(model, array)

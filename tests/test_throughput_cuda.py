@@ -152,8 +152,8 @@ def test_a_model_that_cannot_be_captured_runs_eagerly() -> None:
     assert not stats2.notes and _err(out2, ref) <= 1e-5
 
 
-def test_uint8_frames_travel_as_hwc() -> None:
-    """restore_image on the GPU: HWC in without a CPU transposition, HWC-contiguous out, same pixels as the CPU."""
+def test_uint8_frames_on_the_gpu_match_the_cpu() -> None:
+    """restore_image on the GPU (quantised on the device, HWC memory back through pinned buffers): the CPU's pixels."""
     frame = natural_frame(80, 64)
     model = LocalNet(2)
     spec = _spec(2)

@@ -93,6 +93,25 @@ class RunStats:
     notes: list[str] = field(default_factory=list)
     # What the model reported about each forward (e.g. AdaRevID's exit, MoCE-IR's experts), one entry per batch.
     model_info: list[dict] = field(default_factory=list)
+    # run_many(wait=False) on a GPU: the output is still on its way to host memory until `wait()`
+    pending: _Pending | None = None
+
+    def wait(self) -> None:
+        """Block until the output tensor holds its data (a no-op unless run_many(wait=False) returned it)."""
+        if self.pending is not None:
+            self.infer_s = self.pending.wait()
+            self.pending = None
+
+
+class _Pending:
+    """A batch's device-to-host copy in flight, and the forward's GPU time (shared by the batch's images)."""
+
+    def __init__(self, start: torch.cuda.Event, end: torch.cuda.Event, copied: torch.cuda.Event, count: int) -> None:
+        self.start, self.end, self.copied, self.count = start, end, copied, count
+
+    def wait(self) -> float:
+        self.copied.synchronize()
+        return self.start.elapsed_time(self.end) / 1000 / self.count
 
 
 def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool) -> nn.Module:
@@ -261,6 +280,161 @@ class Runner:
         stats.infer_s = time.perf_counter() - start - stats.compile_s
         return out, stats
 
+    def run_many(self, images: list[torch.Tensor], *, quantize: int | None = None,
+                 wait: bool = True) -> tuple[list[torch.Tensor], list[RunStats]]:
+        """Same-size, same-type (C, H, W) images, e.g. consecutive video frames: as `run`, image by image.
+
+        When the tile plan is one whole-image tile they go through the model together, `batch` at a time (halved
+        on out-of-memory, and the working size kept); otherwise each image is tiled by `run`, its tiles batched.
+        Each image's stats carry its share of the batch's time.
+
+        `wait=False` (a GPU pipeline): return as soon as the work is queued on the device; the outputs land in
+        pinned host memory on a copy stream, so the next batch computes meanwhile. Call each stats' `wait()`
+        before reading its output. The outputs are (C, H, W) views of channels-last memory, the layout image
+        and video encoders take.
+        """
+        if not images or any(im.shape != images[0].shape or im.dtype != images[0].dtype for im in images):
+            return self._one_by_one(images, quantize)
+        _, height, width = images[0].shape
+        tile = self.tile if self.tile is not None else self._auto_tile(height, width)
+        plan = plan_tiles(height, width, tile=tile, overlap=self.overlap, margin=self.margin,
+                          multiple_of=self.spec.multiple_of, scale=self.spec.scale, min_size=self.spec.min_size)
+        if plan.count != 1:
+            return self._one_by_one(images, quantize)
+        outs: list[torch.Tensor] = []
+        stats: list[RunStats] = []
+        step = min(self._frames_per_forward(plan), getattr(self, "_frames_cap", MAX_AUTO_BATCH * 64))
+        i = 0
+        while i < len(images):
+            chunk = images[i:i + step]
+            start = time.perf_counter()
+            chunk_stats = RunStats(batch=len(chunk))
+            try:
+                got, info, pending = self._run_whole(chunk, plan, quantize, wait, step, chunk_stats)
+            except Exception as e:
+                if not _is_oom(e):
+                    raise
+                if self._static is not None:
+                    self._static.release()  # captured graphs hold memory
+                    self._captured.clear()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if step == 1:  # one image does not fit whole: `run` tiles it
+                    got_one, st = self.run(chunk[0], quantize=quantize)
+                    outs.append(got_one)
+                    stats.append(st)
+                    i += 1
+                    continue
+                step = max(1, step // 2)
+                self._frames_cap = step  # keep the working batch for the rest of the run
+                continue
+            share = (time.perf_counter() - start - chunk_stats.compile_s) / len(chunk)
+            for k, out in enumerate(got):
+                outs.append(out)
+                # a capture (and what it had to say) is reported once, with the first picture of the batch
+                stats.append(RunStats(tile=0, tiles=1, infer_s=share, model_info=list(info), pending=pending,
+                                      batch=len(chunk), compile_s=0.0 if k else chunk_stats.compile_s,
+                                      notes=[] if k else chunk_stats.notes))
+            i += len(chunk)
+        return outs, stats
+
+    def _frames_per_forward(self, plan: TilePlan) -> int:
+        """Whole pictures per forward: the fixed batch, or as many windows as half the free GPU memory holds."""
+        if self.batch is not None:
+            return self.batch
+        if self.device.type != "cuda":
+            return 1
+        per_window = self._probe_bytes_per_pixel() * plan.window_h * plan.window_w
+        return max(1, min(MAX_AUTO_BATCH, int(self._free_budget() // per_window)))
+
+    def max_batch(self) -> int:
+        """The most pictures one forward may take (a pipeline groups that many): the fixed batch, or with auto
+        batch MAX_AUTO_BATCH on a GPU (each forward then takes what memory allows) and 1 on the CPU."""
+        if self.batch is not None:
+            return self.batch
+        return MAX_AUTO_BATCH if self.device.type == "cuda" else 1
+
+    def _one_by_one(self, images: list[torch.Tensor],
+                    quantize: int | None) -> tuple[list[torch.Tensor], list[RunStats]]:
+        pairs = [self.run(im, quantize=quantize) for im in images]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def _run_whole(self, images: list[torch.Tensor], plan: TilePlan, quantize: int | None, wait: bool, step: int,
+                   stats: RunStats) -> tuple[list[torch.Tensor], list[dict], _Pending | None]:
+        """One forward of a single-tile plan over a stack of images; the same pixels `_run_plan` gives each.
+
+        With a fixed-shape forward the stack is always `step` pictures (a short last batch repeats its last one,
+        whose outputs are dropped), so one capture serves every batch of the run."""
+        if self.should_stop():
+            raise InterruptError("interrupted")
+        s = plan.scale
+        cuda = self.device.type == "cuda"
+        count = len(images)
+        mode = self._capture_mode((step, images[0].shape[0], plan.window_h, plan.window_w, s))
+        if mode != "none":
+            images = images + images[-1:] * (step - count)
+        stack = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype, pin_memory=cuda)
+        torch.stack(images, out=stack)  # straight into pinned memory: one copy, and an asynchronous upload
+        if cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record(torch.cuda.current_stream(self.device))
+        # uploaded on the side stream: it overlaps the previous batch's forward (run_many(wait=False))
+        x = pad_reflect(_unit_float(self.transfers.upload(stack)), *plan.pad)
+        ((_, _, y, x0),) = plan.positions()
+        wy, wx = plan.window_origin(y, x0)
+        windows = x[:, :, wy:wy + plan.window_h, wx:wx + plan.window_w]
+        info: list[dict] = []
+        with torch.inference_mode():
+            x_dev = self._to_format(windows.to(self.dtype))
+            before = stats.compile_s
+            captured = self._ensure_captured(x_dev, mode, stats)
+            if cuda and stats.compile_s > before:
+                start.record(torch.cuda.current_stream(self.device))  # the capture is not inference time
+            if captured and self._static is not None:
+                # the graph's output buffer is rewritten by the next batch while this one may still be copying
+                y_dev = self._static(x_dev)[:count].clone()
+            else:
+                y_dev = self.call(self.model, x_dev)
+            last = getattr(self.model, "last_info", None)
+            if last:
+                info.append(dict(last))
+            if y_dev.shape[-2:] != (plan.window_h * s, plan.window_w * s):
+                raise RestoreError(f"{self.spec.id} returned {tuple(y_dev.shape[-2:])} for a "
+                                   f"{plan.window_h}x{plan.window_w} tile, expected scale {s}")
+            oy, ox = (y - wy) * s, (x0 - wx) * s
+            core = y_dev[:, :, oy:oy + plan.tile_h * s, ox:ox + plan.tile_w * s].float()
+            if not cuda:
+                return list(self._finish(core, quantize).unbind(0)), info, None
+            return self._download(core, quantize, start, wait, info)
+
+    def _download(self, core: torch.Tensor, quantize: int | None, start: torch.cuda.Event, wait: bool,
+                  info: list[dict]) -> tuple[list[torch.Tensor], list[dict], _Pending | None]:
+        """Quantise on the device, then copy to pinned host memory on a side stream (the compute stream goes on
+        with the next batch); channels-last on both sides, so the host gets H x W x C pictures without a CPU
+        transpose."""
+        if quantize is not None:
+            core = core.clamp_(0.0, 1.0).mul_(float(quantize)).round_().to(
+                torch.uint8 if quantize == 255 else torch.int32)
+        hwc = core.permute(0, 2, 3, 1).contiguous()
+        compute = torch.cuda.current_stream(self.device)
+        end = torch.cuda.Event(enable_timing=True)
+        end.record(compute)
+        host = torch.empty(hwc.shape, dtype=hwc.dtype, pin_memory=True)
+        if not hasattr(self, "_copy_stream"):
+            self._copy_stream = torch.cuda.Stream(self.device)
+        copy = self._copy_stream
+        copy.wait_stream(compute)
+        with torch.cuda.stream(copy):
+            host.copy_(hwc, non_blocking=True)
+        hwc.record_stream(copy)  # its memory is not reused before the copy has read it
+        copied = torch.cuda.Event()
+        copied.record(copy)
+        pending = _Pending(start, end, copied, core.shape[0])
+        if wait:
+            pending.wait()
+            pending = None
+        return [im.permute(2, 0, 1) for im in host.unbind(0)], info, pending
+
     def _resident(self, image: torch.Tensor, plan: TilePlan) -> bool:
         """Whether the whole image (as float) and the output accumulators go on the GPU: fast, and they fit."""
         if self.device.type != "cuda":
@@ -288,29 +462,36 @@ class Runner:
         self._captured.add(key)
         return mode
 
-    def _forward(self, x: torch.Tensor, mode: compiled.CompileMode, stats: RunStats) -> torch.Tensor:
+    def _ensure_captured(self, x: torch.Tensor, mode: compiled.CompileMode, stats: RunStats) -> bool:
+        """Whether x's shape runs through a captured forward (capturing it now if needed); False: run eagerly."""
         if mode == "none" or self._static_failed:
-            return self.call(self.model, x)
+            return False
         if self._static is None or self._static.mode != mode:
             self._static = compiled.StaticForward(self.model, self.call, mode)
         static = self._static
-        if not static.ready(x):
-            start = time.perf_counter()
-            try:
-                static.capture(x)
-            except Exception as e:
-                if _is_oom(e):
-                    raise
-                # A model torch.compile or graph capture cannot take runs eagerly; the run goes on.
-                self._static_failed = True
-                static.release()
-                torch.cuda.synchronize(self.device)
-                first = (str(e).strip().splitlines() or [""])[0][:160]
-                stats.notes.append(f"compile ({mode}) failed, running eagerly: {type(e).__name__}: {first}")
-                return self.call(self.model, x)
-            finally:
-                stats.compile_s += time.perf_counter() - start
-        return static(x)
+        if static.ready(x):
+            return True
+        start = time.perf_counter()
+        try:
+            static.capture(x)
+        except Exception as e:
+            if _is_oom(e):
+                raise
+            # A model torch.compile or graph capture cannot take runs eagerly; the run goes on.
+            self._static_failed = True
+            static.release()
+            torch.cuda.synchronize(self.device)
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            stats.notes.append(f"compile ({mode}) failed, running eagerly: {type(e).__name__}: {first}")
+            return False
+        finally:
+            stats.compile_s += time.perf_counter() - start
+        return True
+
+    def _forward(self, x: torch.Tensor, mode: compiled.CompileMode, stats: RunStats) -> torch.Tensor:
+        if self._ensure_captured(x, mode, stats) and self._static is not None:
+            return self._static(x)
+        return self.call(self.model, x)
 
     def _run_plan(self, image: torch.Tensor, plan: TilePlan, stats: RunStats, quantize: int | None) -> torch.Tensor:
         s = plan.scale
