@@ -452,10 +452,10 @@ def _commit_frame(st: _Job, oc: Outcome, hooks: Hooks) -> None:
     st.infer_s += oc.infer_s
     if st.frames == 0:  # the same for every frame: reported once
         _stats_to(st.rec, oc.stats)
+        st.rec.size_out = (oc.value.av_frame.width, oc.value.av_frame.height)
     elif oc.stats.compile_s:  # compile auto captures from the second frame on; a failed capture says so
         st.rec.compile_ms += oc.stats.compile_s * 1000
         st.rec.notes += oc.stats.notes
-        st.rec.size_out = (oc.value.av_frame.width, oc.value.av_frame.height)
     st.frames += 1
     hooks.done(1)
 
