@@ -220,6 +220,7 @@ def tile_loop(model: nn.Module, image: torch.Tensor, *, scale: int, tile: int = 
 class Options:
     repeat: int = 5
     batch: int | None = None  # tiles per forward in the tiled engine variants (None: from free memory)
+    frames: int = 4  # frames per forward in the video-like variant (run_many)
     modes: tuple[str, ...] = ("graph", "auto")  # capture modes to time; "auto": the descriptor's own
     compile_budget_s: float = math.inf  # skip inductor compiles once this much compile time has been spent
     precision: str = "auto"
@@ -251,11 +252,11 @@ def bench_model(label: str, model: nn.Module, spec: ArchSpec, size: tuple[int, i
         log(f"{label} {v.name}: " + (f"{v.ms:.1f} ms" if v.ms is not None else "-")
             + (f" (compile {v.compile_s:.1f} s)" if v.compile_s else "") + (f" {v.note}" if v.note else ""))
 
-    def timed(name: str, fn: Callable[[], object], **extra: Any) -> None:
+    def timed(name: str, fn: Callable[[], object], per: int = 1, **extra: Any) -> None:
         try:
             with torch.inference_mode():
                 ms, peak = measure(fn, device, repeat=opts.repeat)
-            add(Variant(name, ms, peak, **extra))
+            add(Variant(name, ms / per, peak, **extra))
         except Exception as e:  # one variant failing (OOM, a compile error) must not lose the others
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -299,7 +300,10 @@ def bench_model(label: str, model: nn.Module, spec: ArchSpec, size: tuple[int, i
     api_out: list[torch.Tensor] = []
 
     def engine(name: str, module: nn.Module, *, tile: int | None = None, batch: int | None = 1, mode: str = "off",
-               cl: bool = channels_last, dt: torch.dtype = dtype, static: compiled.StaticForward | None = None) -> None:
+               cl: bool = channels_last, dt: torch.dtype = dtype, static: compiled.StaticForward | None = None,
+               frames: int = 0) -> None:
+        """One engine variant through the API; `frames`: that many copies of the frame through `run_many` (as a
+        video's frames go: batched forwards, results copied down while the next batch computes), per frame."""
         torch.backends.cudnn.benchmark = mode != "off"  # as a run with this --compile has it
         runner = Runner(module, spec, device=device, dtype=dt, tile=tile, overlap=16, batch=batch,
                         channels_last=cl, compile=mode)
@@ -315,12 +319,41 @@ def bench_model(label: str, model: nn.Module, spec: ArchSpec, size: tuple[int, i
         if not api_out:
             api_out.append(pixels)  # the first engine variant (compile off, whole frame) is the reference
         note = "; ".join([*([f"{first.tiles} tiles, batch {first.batch}"] if first.tiles > 1 else []), *first.notes])
-        timed(name, lambda: api.restore_image(loaded, frame8), compile_s=first.compile_s or None,
-              diff255=diff(pixels, api_out[0]), note=note)
+        if not frames:
+            timed(name, lambda: api.restore_image(loaded, frame8), compile_s=first.compile_s or None,
+                  diff255=diff(pixels, api_out[0]), note=note)
+            return
+        from . import pixels as px
+
+        prepared = px.prepare(frame8, spec.in_channels)
+
+        def video() -> list[np.ndarray]:
+            outs, stats = runner.run_many([prepared.tensor] * frames, quantize=prepared.quantize, wait=False)
+            for st in stats:
+                st.wait()
+            return [px.finish(prepared, o, spec.scale) for o in outs]
+
+        try:  # the first call captures this batch shape (its compile time is reported, not timed)
+            outs, stats = runner.run_many([prepared.tensor] * frames, quantize=prepared.quantize)
+        except Exception as e:
+            add(Variant(name, note=f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"))
+            return
+        compile_s = sum(st.compile_s for st in stats)
+        last = px.finish(prepared, outs[-1], spec.scale)
+        d = diff(torch.from_numpy(last.astype(np.float32) / 255), api_out[0])
+        timed(name, video, diff255=d, compile_s=compile_s or None, per=frames)
 
     engine("api", main)
     if best_mode is not None:
         engine(f"api {best_mode}", main, mode=best_mode, static=statics[best_mode])
+    frames_mode = "graph" if "graph" in statics else "off"  # a batch is another shape: graphs capture it cheaply
+    frames_name = f"api frames x{opts.frames}" + (f" {frames_mode}" if frames_mode != "off" else "")
+    eager_ms = (res.get("eager") or Variant("")).ms
+    if eager_ms is not None and eager_ms * opts.frames > 2000:
+        add(Variant(frames_name, note="skipped: one frame already fills the GPU (and the time budget)"))
+    else:
+        engine(frames_name, main, batch=opts.frames, mode=frames_mode, static=statics.get(frames_mode),
+               frames=opts.frames)
     engine("api tile512", main, tile=512, batch=opts.batch)
     if opts.batch != 1:
         engine("api tile512 batch=1", main, tile=512, batch=1)  # what batching tiles buys

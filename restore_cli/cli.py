@@ -266,8 +266,9 @@ def bench_command(
                                          metavar="MODEL")],
     size: Annotated[str | None, typer.Option(help="Frame WIDTHxHEIGHT [default: 960x540 for upscalers, "
                                                   "1920x1080 otherwise].")] = None,
-    batch_size: Annotated[str, typer.Option("--batch", help="Tiles per forward in the tiled runs: auto or N.")]
-    = "auto",
+    batch_size: Annotated[str, typer.Option("--batch", help="Pictures per forward: tiles in the tiled runs, "
+                                                            "frames in the video-like run (auto: tiles from free "
+                                                            "memory, 4 frames).")] = "auto",
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per variant (the median is shown).")] = 5,
     modes: Annotated[str, typer.Option(help="Capture modes to time, comma-separated: graph, inductor, "
                                             "inductor-graph, auto (the model's own), or none.")] = "graph,auto",
@@ -288,7 +289,8 @@ def bench_command(
     frame = benchmark.parse_size(size) if size else benchmark.default_size(spec)
     if spec.input_kind != "image":
         raise UsageError(f"{label} is a generator (its input is a latent code); nothing to benchmark on frames")
-    opts = benchmark.Options(repeat=repeat, batch=_parse_batch(batch_size), modes=wanted, precision=precision)
+    batch = _parse_batch(batch_size)
+    opts = benchmark.Options(repeat=repeat, batch=batch, frames=batch or 4, modes=wanted, precision=precision)
     err.print(f"{label} ({spec.id}{', random weights' if random else ''}) on {dev}, "
               f"{frame[0]}x{frame[1]} frame", soft_wrap=True)
     res = benchmark.bench_model(label, module, spec, frame, dev, opts, log=lambda s: err.print(s, soft_wrap=True))
@@ -296,7 +298,8 @@ def bench_command(
     table = Table(show_edge=False, pad_edge=False)
     columns = [c for c in benchmark.COLUMNS if c not in ("model", "frame", "precision")]
     for col in columns:
-        table.add_column(col, justify="left" if col in ("variant", "note") else "right")
+        table.add_column(col, justify="left" if col in ("variant", "note") else "right", no_wrap=col != "note",
+                         overflow="fold")
     rows = benchmark.rows(res, peak)
     for r in rows:
         table.add_row(*(str(r.get(c, "")) for c in columns))
