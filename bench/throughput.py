@@ -49,6 +49,20 @@ def run(names: list[str], out: Path | None, *, budget_s: float, compile_budget_s
     summaries: list[dict[str, Any]] = []
     skipped: list[str] = []
     compile_spent = 0.0
+
+    def document() -> dict[str, Any]:
+        speedups = [x["api speed-up vs loop"] for x in summaries if isinstance(x.get("api speed-up vs loop"), float)]
+        return {"environment": env, "peak_tflops": peak, "summary": summaries, "rows": rows, "skipped": skipped,
+                "geomean_api_speedup_vs_loop": benchmark.geomean(speedups),
+                "wall_s": round(time.perf_counter() - started), "compile_s": round(compile_spent, 1)}
+
+    def save() -> None:  # after every model: a run cut short by a timeout still leaves its results
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            doc = document()
+            (out / "throughput.json").write_text(json.dumps(doc, indent=2) + "\n")
+            (out / "throughput.md").write_text(markdown(doc))
+
     for name in names:
         if time.perf_counter() - started > budget_s:
             skipped.append(name)
@@ -72,15 +86,9 @@ def run(names: list[str], out: Path | None, *, budget_s: float, compile_budget_s
         if dev.type == "cuda":
             torch._dynamo.reset()  # compiled code of the finished model
             torch.cuda.empty_cache()
-    speedups = [s["api speed-up vs loop"] for s in summaries if isinstance(s.get("api speed-up vs loop"), float)]
-    doc = {"environment": env, "peak_tflops": peak, "summary": summaries, "rows": rows, "skipped": skipped,
-           "geomean_api_speedup_vs_loop": benchmark.geomean(speedups), "wall_s": round(time.perf_counter() - started),
-           "compile_s": round(compile_spent, 1)}
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "throughput.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (out / "throughput.md").write_text(markdown(doc))
-    return doc
+        save()
+    save()
+    return document()
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
@@ -121,7 +129,7 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="every listed model")
     ap.add_argument("--only", default="", help="comma-separated substrings of case names")
     ap.add_argument("--out", type=Path, default=None, help="folder for throughput.json and throughput.md")
-    ap.add_argument("--budget-s", type=float, default=270.0, help="start no model after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=240.0, help="start no model after this many seconds")
     ap.add_argument("--compile-budget-s", type=float, default=170.0, help="inductor compile seconds, all models")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--modes", default="graph,auto", help="capture modes to time (see restore bench --help)")
