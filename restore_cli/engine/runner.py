@@ -89,7 +89,7 @@ class RunStats:
     retries: int = 0
     infer_s: float = 0.0  # without compile_s
     compile_s: float = 0.0  # capturing fixed-shape forwards (torch.compile / CUDA graphs), first use of a shape
-    batch: int = 1  # tiles per forward
+    batch: int = 1  # pictures (tiles or whole frames) per forward
     notes: list[str] = field(default_factory=list)
     # What the model reported about each forward (e.g. AdaRevID's exit, MoCE-IR's experts), one entry per batch.
     model_info: list[dict] = field(default_factory=list)
@@ -135,9 +135,10 @@ def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, ch
 class Runner:
     """Holds a model on its device in its precision, and runs images through it tile by tile.
 
-    `batch`: tiles per forward, None to size it from free GPU memory (1 on the CPU). `compile`: auto, on, off or a
-    mode (see compiled.py): fixed-shape forwards on a GPU; auto captures a shape once it is seen again and about
-    `compiled.AUTO_MIN_FORWARDS` forwards of it are expected (`expect()`), so a single image never pays for it.
+    `batch`: pictures per forward (whole frames in run_many, else tiles), None to size it from free GPU memory (1 on
+    the CPU). `compile`: auto, on, off or a mode (see compiled.py): fixed-shape forwards on a GPU; auto captures a
+    shape once it is seen again and about `compiled.AUTO_MIN_FORWARDS` forwards of it are expected (`expect()`),
+    so a single image never pays for it.
     """
 
     def __init__(self, model: nn.Module, spec: ArchSpec, *, device: torch.device, dtype: torch.dtype,
