@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from .spec import ArchEntry, ArchSpec, StateDict, Task, TilingHint
+from .spec import ArchEntry, ArchSpec, CompileMode, Precision, StateDict, Task, TilingHint
 
 # Detection order. Each module defines ARCHS, a tuple of ArchEntry.
 _FAMILY_MODULES: list[str] = [
@@ -89,4 +89,5 @@ def detect(state_dict: StateDict) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-__all__ = ["ArchEntry", "ArchSpec", "StateDict", "Task", "TilingHint", "build", "detect", "entry", "names", "spec"]
+__all__ = ["ArchEntry", "ArchSpec", "CompileMode", "Precision", "StateDict", "Task", "TilingHint", "build", "detect",
+           "entry", "names", "spec"]

@@ -383,6 +383,7 @@ def _spec(arch_id: str, family: str, cls: str, tasks: tuple[Task, ...], kw: dict
         fp16=True,
         bf16=True,
         channels_last=False,
+        compile_mode="inductor",  # convs and norms between attention products: fusable; to be measured
         # MDTA's channel attention is computed over every pixel of the map: whole-image coupling.
         tiling="global",
         context=context,

@@ -323,6 +323,7 @@ def _describe(kw: dict[str, Any]) -> ArchSpec:
         fp16=True,
         bf16=True,
         channels_last=True,  # by analogy with SPAN (1.4-1.5x on an H200); not measured for SpanC itself
+        compile_mode="graph",  # by analogy with SPAN; its scale is a runtime argument, a graph is cheap to redo
         tiling="safe",
         context=_context(kw),
         code_license="MIT",

@@ -20,6 +20,11 @@ Task = Literal["deblur", "denoise", "upscale", "restore", "face"]
 # global: whole-image statistics without TLC (e.g. GroupNorm): tile only with large tiles, small seams expected;
 # internal: the model tiles itself, give it whole frames.
 TilingHint = Literal["safe", "tlc", "global", "internal"]
+# How the engine may specialise a forward to one fixed input shape on a GPU (restore_cli/engine/compiled.py):
+# none: eager only; graph: a CUDA graph of the eager forward (launch-bound models); inductor: torch.compile;
+# inductor-graph: torch.compile, then a CUDA graph of the compiled forward.
+CompileMode = Literal["none", "graph", "inductor", "inductor-graph"]
+Precision = Literal["fp16", "bf16", "fp32"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,12 @@ class ArchSpec:
     tiling: TilingHint = "safe"
     context: int = 16
     code_license: str = ""
+    # GPU fast path, measured with bench/throughput.py (bench/results/throughput.md): what `--compile auto|on`
+    # runs, what `--precision auto` prefers on a GPU (None: fp16 where allowed, else bf16), and the core tile
+    # size `--tile auto` uses on a GPU when the frame is larger (0: whole frame when it fits memory).
+    compile_mode: CompileMode = "none"
+    gpu_precision: Precision | None = None
+    gpu_tile: int = 0
     # "image": image-to-image (everything the engine runs); "latent": a generator whose input is a style code.
     input_kind: Literal["image", "latent"] = "image"
 

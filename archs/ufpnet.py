@@ -190,6 +190,7 @@ def _describer(arch_id: str, upstream_class: str, tiling: TilingHint) -> Callabl
             bf16=True,
             tiling=tiling,
             context=unet_context(levels, window),
+            compile_mode="inductor",  # by analogy with NAFNet (the same blocks); to be measured
             code_license="unspecified (no LICENSE upstream; derived from NAFNet MIT / BasicSR Apache-2.0)",
         )
 

@@ -18,10 +18,12 @@ import archs
 from archs import ArchSpec
 
 from . import loading, presets, resolve
+from .engine import compiled
 from .engine.runner import Runner, RunStats, pick_device, pick_dtype
 from .errors import UsageError
 
 TileArg = int | str  # "auto", 0 (whole image) or a core size in pixels
+BatchArg = int | str  # "auto" (from free GPU memory; 1 on the CPU) or pictures per forward
 
 
 @dataclass
@@ -67,6 +69,18 @@ def _parse_tile(tile: TileArg) -> int | None:
     return tile
 
 
+def _parse_batch(batch: BatchArg) -> int | None:
+    if isinstance(batch, str):
+        if batch == "auto":
+            return None
+        if not batch.isdigit():
+            raise UsageError(f"--batch takes auto or a number of pictures, not {batch!r}")
+        batch = int(batch)
+    if batch < 1:
+        raise UsageError("--batch must be auto or at least 1")
+    return batch
+
+
 @dataclass(frozen=True)
 class ResolvedWeights:
     """A --model value made concrete: a local weights file and what is known about it before reading it."""
@@ -107,14 +121,21 @@ def resolve_weights(model: str, *, task: str | None = None, offline: bool = Fals
 
 
 def load_model(model: str | None = None, *, task: str | None = None, device: str = "auto",
-               precision: str = "auto", tile: TileArg = "auto", overlap: int = 16, batch: int = 1,
-               offline: bool = False) -> LoadedModel:
+               precision: str = "auto", tile: TileArg = "auto", overlap: int = 16, batch: BatchArg = "auto",
+               offline: bool = False, compile: str = "auto") -> LoadedModel:
     """Resolve a preset name / family name / weights file / hf:// URI (or the task's default preset) and build
-    the model. A family name needs `task` unless the family serves one task only."""
+    the model. A family name needs `task` unless the family serves one task only.
+
+    `batch`: pictures (or tiles) per forward, auto: as many as half the free GPU memory holds (1 on the CPU).
+    `compile` (GPU only): auto, on, off, or a mode (graph, inductor, inductor-graph; see engine/compiled.py).
+    auto captures fixed-shape forwards only where enough images of one size follow (`model.runner.expect(n)`)."""
     if model is None:
         if task is None:
             raise UsageError("name a model or a task")
         model = presets.default_for(task).name
+    dev = pick_device(device)
+    batch_size, tile_size = _parse_batch(batch), _parse_tile(tile)
+    compiled.check_choice(compile, dev)  # option mistakes fail before any download
     got = resolve_weights(model, task=task, offline=offline)
     name, path, preset = got.name, got.path, got.preset
     sd = loading.read_state_dict(path)
@@ -125,9 +146,8 @@ def load_model(model: str | None = None, *, task: str | None = None, device: str
                          "use it from Python with archs.build(), not on image files")
     if task is not None and preset is None and task not in spec.tasks and task != "restore":
         raise UsageError(f"{name} is a {'/'.join(spec.tasks)} model ({spec.id}), not {task}")
-    dev = pick_device(device)
-    runner = Runner(module, spec, device=dev, dtype=pick_dtype(precision, spec, dev), tile=_parse_tile(tile),
-                    overlap=overlap, batch=batch)
+    runner = Runner(module, spec, device=dev, dtype=pick_dtype(precision, spec, dev), tile=tile_size,
+                    overlap=overlap, batch=batch_size, compile=compile)
     return LoadedModel(name=name, runner=runner, spec=spec, weights=path,
                        license=preset.license if preset else "unknown (local file)",
                        description=preset.description if preset else "", kwargs=module.arch_kwargs,
@@ -155,10 +175,11 @@ def set_options(model: LoadedModel, **options: Any) -> None:
             # the engine sizes tiles and outputs by the descriptor's scale
             model.spec = dataclasses.replace(model.spec, scale=int(value))
             model.runner.spec = model.spec
+        model.runner.invalidate()  # forwards captured with the old value are stale
 
 
 def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None = None,
-                  overlap: int | None = None, batch: int | None = None) -> tuple[np.ndarray, RunStats]:
+                  overlap: int | None = None, batch: BatchArg | None = None) -> tuple[np.ndarray, RunStats]:
     """Restore one HxWxC (or HxW) image; returns the result in the input's dtype and channel layout.
 
     Alpha is handled exactly: colour is premultiplied before the model and un-premultiplied after; alpha itself is
@@ -172,5 +193,5 @@ def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None
     if overlap is not None:
         model.runner.overlap = overlap
     if batch is not None:
-        model.runner.batch = max(1, batch)
+        model.runner.batch = _parse_batch(batch)
     return pipeline.restore_array(model, array)

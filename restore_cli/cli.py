@@ -46,7 +46,11 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=(
     "hf://owner/repo[/file][@rev]."))]
 TileOpt = Annotated[str, typer.Option(help="Tile size: auto, 0 (whole image) or a size in pixels.")]
 OverlapOpt = Annotated[int, typer.Option(min=0, help="Overlap between tiles, in pixels.")]
-BATCH_HELP = "Pictures per forward pass: video frames or same-size images when whole ones fit, else tiles."
+BATCH_HELP = ("Pictures per forward pass: video frames or same-size images when whole ones fit, else tiles; auto: "
+              "as many as half the free GPU memory holds (1 on the CPU).")
+CompileOpt = Annotated[str, typer.Option("--compile", help=(
+    "Fixed-shape GPU forwards (torch.compile / CUDA graphs): auto (when enough pictures of one size follow, e.g. a "
+    "video), on, off, or a mode: graph, inductor, inductor-graph."))]
 PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 FormatOpt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp, tif or bmp [default: as input].")]
@@ -103,10 +107,11 @@ class _GracefulStop:
 
 
 def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str | None, tile: str, overlap: int,
-              batch_size: int, precision: str, device: str, fmt: str | None, suffix: str, recursive: bool,
+              batch_size: str, precision: str, device: str, fmt: str | None, suffix: str, recursive: bool,
               json_path: Path | None, quiet: bool, offline: bool, quality: int, skip_existing: bool,
               strip_metadata: bool, max_pixels: int | None, compare: bool = False,
-              options: dict[str, Any] | None = None, video: pipeline.VideoOptions | None = None) -> int:
+              options: dict[str, Any] | None = None, video: pipeline.VideoOptions | None = None,
+              compile_mode: str = "auto") -> int:
     from . import api  # torch: only once there is work to do
     from .io import images
 
@@ -117,8 +122,9 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
         raise UsageError("no images or videos found in the inputs")
     t0 = time.perf_counter()
     loaded = api.load_model(model, task=task, device=device, precision=precision, tile=tile, overlap=overlap,
-                            batch=batch_size, offline=offline)
+                            batch=batch_size, offline=offline, compile=compile_mode)
     api.set_options(loaded, **(options or {}))
+    loaded.runner.expect(len(jobs))  # videos raise it to their frame count (pipeline)
     _say_choice(loaded, quiet=quiet)
     if not quiet:
         err.print(styled((loaded.name, "bold"), f" ({loaded.spec.id}, x{loaded.spec.scale}, "
@@ -149,7 +155,7 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
         reporter.write_json(json_path, {
             "task": task, "model": loaded.name, "arch": loaded.spec.id, "weights": str(loaded.weights),
             "device": str(loaded.device), "precision": str(loaded.dtype).removeprefix("torch."),
-            "tile": tile, "overlap": overlap, "batch": batch_size})
+            "tile": tile, "overlap": overlap, "batch": batch_size, "compile": compile_mode})
     if result.interrupted:
         return 130
     return 1 if any(r.status in ("failed", "partial") for r in reporter.records) else 0
@@ -173,8 +179,9 @@ def _say_choice(loaded: LoadedModel, *, quiet: bool) -> None:
 
 def _task_command(task: str, help_text: str) -> Any:
     def command(inputs: Inputs, output: Output = None, model: ModelOpt = None, tile: TileOpt = "auto",
-                overlap: OverlapOpt = 16, batch_size: Annotated[int, typer.Option("--batch", min=1,
-                help=BATCH_HELP)] = 1, precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
+                overlap: OverlapOpt = 16, batch_size: Annotated[str, typer.Option("--batch", help=BATCH_HELP)]
+                = "auto", compile_mode: CompileOpt = "auto", precision: PrecisionOpt = "auto",
+                device: DeviceOpt = "auto",
                 fmt: FormatOpt = None, suffix: SuffixOpt = "", recursive: RecursiveOpt = False,
                 json_path: JsonOpt = None, quiet: QuietOpt = False, offline: OfflineOpt = False,
                 quality: QualityOpt = 95, skip_existing: SkipOpt = False, strip_metadata: StripOpt = False,
@@ -188,7 +195,7 @@ def _task_command(task: str, help_text: str) -> Any:
                          recursive=recursive, json_path=json_path, quiet=quiet, offline=offline, quality=quality,
                          skip_existing=skip_existing, strip_metadata=strip_metadata, max_pixels=max_pixels,
                          compare=compare, options={"scale": scale, "ratio": ratio, "exit_threshold": exit_threshold},
-                         video=video)
+                         video=video, compile_mode=compile_mode)
         raise typer.Exit(code)
 
     command.__doc__ = help_text
@@ -250,6 +257,59 @@ def _doctor_video() -> None:
     for name, state in found.items():
         if state != "yes":
             out.print(f"  {name}: {state}", soft_wrap=True)
+
+
+# -- bench ------------------------------------------------------------------------------------------------------
+@app.command("bench")
+def bench_command(
+    model: Annotated[str, typer.Argument(help="Preset name or architecture (random weights), or a weights file.",
+                                         metavar="MODEL")],
+    size: Annotated[str | None, typer.Option(help="Frame WIDTHxHEIGHT [default: 960x540 for upscalers, "
+                                                  "1920x1080 otherwise].")] = None,
+    batch_size: Annotated[str, typer.Option("--batch", help="Pictures per forward: tiles in the tiled runs, "
+                                                            "frames in the video-like run (auto: tiles from free "
+                                                            "memory, 4 frames).")] = "auto",
+    repeat: Annotated[int, typer.Option(min=1, help="Timed runs per variant (the median is shown).")] = 5,
+    modes: Annotated[str, typer.Option(help="Capture modes to time, comma-separated: graph, inductor, "
+                                            "inductor-graph, auto (the model's own), or none.")] = "graph,auto",
+    precision: PrecisionOpt = "auto", device: DeviceOpt = "auto", json_path: JsonOpt = None,
+) -> None:
+    """GPU throughput of one model: the usual 512-tile loop, one eager forward, captured forwards, and the engine
+    through the API (uint8 in and out) with each optimisation on and off."""
+    from . import benchmark
+    from .api import _parse_batch
+    from .engine.runner import pick_device
+
+    dev = pick_device(device)
+    wanted = tuple(m.strip() for m in modes.split(",") if m.strip() and m.strip() != "none")
+    unknown = [m for m in wanted if m not in (*benchmark.compiled.MODES, "auto")]
+    if unknown:
+        raise UsageError(f"--modes: unknown {', '.join(unknown)} (use graph, inductor, inductor-graph, auto, none)")
+    label, module, spec, random = benchmark.build_model(model)
+    frame = benchmark.parse_size(size) if size else benchmark.default_size(spec)
+    if spec.input_kind != "image":
+        raise UsageError(f"{label} is a generator (its input is a latent code); nothing to benchmark on frames")
+    batch = _parse_batch(batch_size)
+    opts = benchmark.Options(repeat=repeat, batch=batch, frames=batch or 4, modes=wanted, precision=precision)
+    err.print(f"{label} ({spec.id}{', random weights' if random else ''}) on {dev}, "
+              f"{frame[0]}x{frame[1]} frame", soft_wrap=True)
+    res = benchmark.bench_model(label, module, spec, frame, dev, opts, log=lambda s: err.print(s, soft_wrap=True))
+    peak = benchmark.matmul_peak_tflops(dev)
+    table = Table(show_edge=False, pad_edge=False)
+    columns = [c for c in benchmark.COLUMNS if c not in ("model", "frame", "precision")]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("variant", "note") else "right", no_wrap=col != "note",
+                         overflow="fold")
+    rows = benchmark.rows(res, peak)
+    for r in rows:
+        table.add_row(*(str(r.get(c, "")) for c in columns))
+    out.print(table)
+    out.print(f"{res.label}: {res.gmacs:.0f} GMAC per frame, {res.precision}"
+              + (f"; bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""), soft_wrap=True)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"environment": benchmark.environment(dev), "peak_tflops": peak,
+                                         "rows": rows, "summary": benchmark.summary(res)}, indent=2) + "\n")
 
 
 # -- eval -------------------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def run(jobs: list[batch.Job], loaded: LoadedModel, settings: Settings, hooks: H
     runner = loaded.runner
     saved_stop = runner.should_stop
     runner.should_stop = settings.should_stop  # polled between tiles, too
-    stages = Stages(runner, batch=runner.batch, should_stop=settings.should_stop)
+    stages = Stages(runner, batch=runner.max_batch(), should_stop=settings.should_stop)
     outcomes = stages.run_units(_units(jobs, loaded, settings, states, hooks))
     try:
         for oc in outcomes:
@@ -272,6 +272,7 @@ def _claim_output(dest: Path, job: batch.Job, s: Settings, rec: FileRecord) -> b
 def _stats_to(rec: FileRecord, stats: RunStats) -> None:
     rec.tile, rec.tiles, rec.model_info = stats.tile, stats.tiles, stats.model_info
     rec.notes += stats.notes
+    rec.compile_ms += stats.compile_s * 1000
 
 
 # --------------------------------------------------------------------------- images
@@ -391,7 +392,9 @@ def _frame_units(st: _Job, loaded: LoadedModel, s: Settings, hooks: Hooks) -> It
                                pix_fmt=v.pix_fmt, trim_streams=not r.whole)
     writer.__enter__()
     st.writer = writer
-    hooks.expect(_expected_frames(info, reader) - 1)
+    expected = _expected_frames(info, reader)
+    hooks.expect(expected - 1)
+    loaded.runner.expect(expected)  # frames of one size: what lets compile auto capture them
     in_channels = loaded.spec.in_channels
     t = time.perf_counter()
     for raw in reader.decoded():
@@ -450,6 +453,9 @@ def _commit_frame(st: _Job, oc: Outcome, hooks: Hooks) -> None:
     if st.frames == 0:  # the same for every frame: reported once
         _stats_to(st.rec, oc.stats)
         st.rec.size_out = (oc.value.av_frame.width, oc.value.av_frame.height)
+    elif oc.stats.compile_s:  # compile auto captures from the second frame on; a failed capture says so
+        st.rec.compile_ms += oc.stats.compile_s * 1000
+        st.rec.notes += oc.stats.notes
     st.frames += 1
     hooks.done(1)
 

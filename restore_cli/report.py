@@ -27,6 +27,7 @@ class FileRecord:
     decode_ms: float = 0.0
     infer_ms: float = 0.0
     encode_ms: float = 0.0
+    compile_ms: float = 0.0  # fixed-shape GPU forwards captured for this file (not in infer_ms)
     tile: int | None = None
     tiles: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -108,7 +109,8 @@ class Reporter:
     def _row(rec: FileRecord, middle: str) -> Text:
         """One file's line: input, `middle` (sizes and stage timings), speed, tiling, notes, model info."""
         line = styled(f"{rec.input}  {middle}  {rec.megapixels_per_s:.2f} MP/s"
-                      + (f"  tile {rec.tile}x{rec.tiles}" if rec.tile else ""),
+                      + (f"  tile {rec.tile}x{rec.tiles}" if rec.tile else "")
+                      + (f"  compile {rec.compile_ms / 1000:.1f} s" if rec.compile_ms else ""),
                       *((f"  {n}", "yellow") for n in rec.notes))
         info = _info_text(rec.model_info)
         if info:
@@ -126,6 +128,7 @@ class Reporter:
             "failed": sum(r.status == "failed" for r in self.records),
             "skipped": sum(r.status == "skipped" for r in self.records),
             "megapixels": round(mp, 4), "infer_s": round(infer, 4),
+            "compile_s": round(sum(r.compile_ms for r in self.records) / 1000, 4),
             "wall_s": round(time.perf_counter() - self.started, 4),
             "megapixels_per_s": round(mp / infer, 4) if infer > 0 else 0.0,
         }
@@ -146,7 +149,8 @@ class Reporter:
         self.console.print(
             f"{head}{t['ok']} restored{partial}, {t['failed']} failed, {t['skipped']} skipped; "
             f"{t['megapixels']:.2f} MP in "
-            f"{t['infer_s']:.2f} s inference ({t['megapixels_per_s']:.2f} MP/s), {t['wall_s']:.2f} s wall",
+            f"{t['infer_s']:.2f} s inference ({t['megapixels_per_s']:.2f} MP/s), "
+            + (f"{t['compile_s']:.1f} s compiling, " if t["compile_s"] else "") + f"{t['wall_s']:.2f} s wall",
             soft_wrap=True)
 
     def write_json(self, path: Path, run: dict[str, Any]) -> None:

@@ -121,14 +121,46 @@ def test_local_avg_pool_is_a_replicate_padded_box_mean() -> None:
     torch.testing.assert_close(out.double(), pool(xh.double()), rtol=2e-3, atol=0.5)
 
 
-def test_layernorm2d_half_does_not_overflow() -> None:
+def _layernorm2d_reference(x: torch.Tensor, ln: torch.nn.Module) -> torch.Tensor:
+    """Upstream's six-pass LayerNorm2d, in float64."""
+    xd = x.double()
+    mu = xd.mean(1, keepdim=True)
+    var = (xd - mu).pow(2).mean(1, keepdim=True)
+    y = (xd - mu) / torch.sqrt(var + ln.eps)
+    return ln.weight.double().view(1, -1, 1, 1) * y + ln.bias.double().view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layernorm2d_fused_matches_upstream_math_and_keeps_layout(channels_last: bool) -> None:
+    from archs.layers.norm import LayerNorm2d
+
+    ln = LayerNorm2d(16)
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    x = torch.randn(2, 16, 13, 11) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = ln(x)
+    torch.testing.assert_close(out.double(), _layernorm2d_reference(x, ln), rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert list(ln.state_dict()) == ["weight", "bias"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_layernorm2d_half_does_not_overflow(dtype: torch.dtype) -> None:
+    """Activations in the hundreds: their squared deviations overflow float16, the statistics must be float32."""
     from archs.layers.norm import LayerNorm2d
 
     ln = LayerNorm2d(8)
-    x = torch.randn(1, 8, 5, 5) * 1000
-    out = ln(x.half())
+    x = (torch.randn(1, 8, 5, 5) * 1000 + 300).to(dtype)
+    assert float(x.float().abs().max()) > 256
+    with torch.no_grad():
+        out = ln.to(dtype)(x)
+    assert out.dtype == dtype
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out.float(), ln(x.half().float()), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(out.double(), _layernorm2d_reference(x, ln), rtol=2e-2, atol=2e-2)
 
 
 SMALL_UFP = UFPNET_CONFIGS[1]

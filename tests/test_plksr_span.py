@@ -178,3 +178,22 @@ def test_context_is_the_receptive_field_radius(arch: str, kwargs: dict[str, Any]
     assert (centre - cols.min().item(), cols.max().item() - centre) == (c, c)
 
 
+def test_realplksr_group_norm_wide_is_group_norm() -> None:
+    """The GPU path of RealPLKSR's GroupNorm (statistics by a split reduction), checked on the CPU; keys unchanged."""
+    import torch.nn.functional as F
+
+    from archs.plksr import GroupNorm, group_norm_wide
+
+    x = torch.randn(2, 64, 33, 17, dtype=torch.float64) * 3 + 5
+    w, b = torch.randn(64, dtype=torch.float64), torch.randn(64, dtype=torch.float64)
+    want = F.group_norm(x, 4, w, b, 1e-5)
+    got = group_norm_wide(x.float(), 4, w.float(), b.float(), 1e-5)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    # half inputs: float32 statistics and affine, one rounding at the end
+    got16 = group_norm_wide(x.bfloat16(), 4, w.bfloat16(), b.bfloat16(), 1e-5)
+    assert got16.dtype == torch.bfloat16
+    torch.testing.assert_close(got16.double(), F.group_norm(x.bfloat16().double(), 4, w.bfloat16().double(),
+                                                            b.bfloat16().double(), 1e-5), rtol=1e-2, atol=4e-2)
+    assert list(GroupNorm(4, 64).state_dict()) == ["weight", "bias"]
+    model = archs.build("realplksr", n_blocks=2)
+    assert isinstance(model.feats[1].norm, torch.nn.GroupNorm)

@@ -171,11 +171,11 @@ def smooth_image(h: int, w: int, seed: int = 0, channels: int = 3) -> torch.Tens
 
 
 def tiled_and_whole(model: torch.nn.Module, spec: archs.ArchSpec, image: torch.Tensor, tile: int, overlap: int = 12,
-                    **runner: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(tiled, whole, tile count) of one image through the engine on the CPU in float32."""
+                    dtype: torch.dtype = torch.float32, **runner: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(tiled, whole, tile count) of one image through the engine on the CPU (the model runs in `dtype`)."""
     from restore_cli.engine.runner import Runner
 
     cpu = torch.device("cpu")
-    whole, _ = Runner(model, spec, device=cpu, dtype=torch.float32, tile=0).run(image)
-    tiled, stats = Runner(model, spec, device=cpu, dtype=torch.float32, tile=tile, overlap=overlap, **runner).run(image)
+    whole, _ = Runner(model, spec, device=cpu, dtype=dtype, tile=0).run(image)
+    tiled, stats = Runner(model, spec, device=cpu, dtype=dtype, tile=tile, overlap=overlap, **runner).run(image)
     return tiled, whole, stats.tiles

@@ -9,8 +9,8 @@ Module map (public names):
   "reflect_or_replicate"; `padded_size`, `PadMode`.
 * `precision`: `LOW_PRECISION`, `upcast`, `f32`, `float32_region`, `conv32`, `batch_norm32`.
 * `fft`: `rfft2_interleaved`, `irfft2_interleaved` (spectra as channel pairs).
-* `norm`: `LayerNorm2d` (NAFNet/BasicSR), `RestormerLayerNorm` (+ `WithBiasLayerNorm`, `BiasFreeLayerNorm`,
-  `LAYER_NORM_TYPES`), `RMSNorm2d`.
+* `norm`: `LayerNorm2d` (NAFNet/BasicSR; its function `channel_layer_norm`), `RestormerLayerNorm` (+
+  `WithBiasLayerNorm`, `BiasFreeLayerNorm`, `LAYER_NORM_TYPES`), `RMSNorm2d`.
 * `drop`: `DropPath`, `drop_path`.
 * `window`: Swin-style `window_partition`, `window_reverse`, `relative_position_index`, `relative_position_bias`,
   `shifted_window_mask`.

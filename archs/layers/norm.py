@@ -1,7 +1,7 @@
 """Normalisations over the channels of NCHW maps, with the parameter names upstream checkpoints use.
 
 * `LayerNorm2d`: NAFNet/BasicSR `LayerNorm2d` (weight, bias; eps 1e-6), also used by CAMixerSR, RHA, GFISRV2,
-  DSwinIR's offset nets and AdaRevD's decoders.
+  DSwinIR's offset nets and AdaRevD's decoders; `channel_layer_norm` is its function.
 * `RestormerLayerNorm`: Restormer's `LayerNorm(dim, LayerNorm_type)` with its `body.weight` (/ `body.bias`) keys,
   "WithBias" (mean-subtracting) or "BiasFree" (scale only); eps 1e-5.
 * `RMSNorm2d`: umzi's RMSNorm (scale, offset).
@@ -24,7 +24,10 @@ LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of an NCHW map (upstream `arch_util.LayerNorm2d`, eps 1e-6).
 
-    Upstream uses a hand-written autograd Function; the forward math is the same as this plain-op version.
+    Upstream uses a hand-written autograd Function of six elementwise passes; `F.layer_norm` on a channels-last
+    view is the same function in one fused kernel that takes the statistics of half inputs in float32 (the squared
+    deviations overflow float16 for activations above ~256, and eps=1e-6 is below float16's normal range). The
+    output keeps the input's memory format.
     """
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
@@ -34,14 +37,20 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        if dtype in LOW_PRECISION:
-            x = x.float()
-        mu = x.mean(1, keepdim=True)
-        var = (x - mu).pow(2).mean(1, keepdim=True)
-        y = (x - mu) / torch.sqrt(var + self.eps)
-        y = self.weight.to(y.dtype).view(1, -1, 1, 1) * y + self.bias.to(y.dtype).view(1, -1, 1, 1)
-        return y.to(dtype)
+        return channel_layer_norm(x, self.weight, self.bias, self.eps)
+
+
+def channel_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """LayerNorm over dim 1 of an NCHW map in one fused pass, float32 statistics for half inputs.
+
+    A channels-last input is normalised in place of layout; an NCHW one is permuted (one copy in `F.layer_norm`)
+    and the result copied back to NCHW, so the layers after it see the layout they were given.
+    """
+    weight = weight.to(x.dtype)
+    bias = None if bias is None else bias.to(x.dtype)
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, eps).permute(0, 3, 1, 2)
+    return y if channels_last else y.contiguous()
 
 
 class WithBiasLayerNorm(nn.Module):

@@ -58,12 +58,13 @@ def fusion_dtype(device: torch.device) -> torch.dtype:
 
 
 def set_fused(param: torch.Tensor, value: torch.Tensor) -> None:
-    """param.data = value in param's device and dtype.
+    """param.data = value in param's device and dtype, contiguous.
 
     Swaps the data rather than copying into it: after load_state_dict(assign=True) the old storage may be shared
-    with another module.
+    with another module. Contiguous: composed weights (einsum outputs) can carry permuted strides, which
+    torch.compile's guards and cuDNN's layout choice treat as another tensor than a loaded conv weight.
     """
-    param.data = value.to(device=param.device, dtype=param.dtype)
+    param.data = value.to(device=param.device, dtype=param.dtype).contiguous()
 
 
 def to_plain(model: nn.Module) -> nn.Module:

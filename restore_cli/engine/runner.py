@@ -13,12 +13,15 @@ from torch import nn
 from archs import ArchSpec
 
 from ..errors import InterruptError, RestoreError, UsageError
+from . import compiled
 from .tiles import TilePlan, pad_reflect, plan_tiles, ramp_1d, round_up
+from .transfer import Transfers
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPU_TILE = 512
 MIN_TILE = 32
 MAX_AUTO_TILE = 2048
+MAX_AUTO_BATCH = 16
 
 
 def pick_device(name: str) -> torch.device:
@@ -47,6 +50,12 @@ def pick_dtype(precision: str, spec: ArchSpec, device: torch.device) -> torch.dt
             raise UsageError("fp16 needs a CUDA GPU; use fp32 or bf16 on the CPU")
         return DTYPES["bf16"] if precision == "bf16" else torch.float32
     if precision == "auto":
+        # the descriptor's measured choice, where the arch and the GPU allow it
+        preferred = DTYPES.get(spec.gpu_precision or "")
+        allowed = {torch.float32: True, torch.float16: spec.fp16,
+                   torch.bfloat16: spec.bf16 and torch.cuda.is_bf16_supported()}
+        if preferred is not None and allowed[preferred]:
+            return preferred
         if spec.fp16:
             return torch.float16
         if spec.bf16 and torch.cuda.is_bf16_supported():
@@ -78,7 +87,9 @@ class RunStats:
     tile: int = 0  # core tile size used (0: whole image)
     tiles: int = 0
     retries: int = 0
-    infer_s: float = 0.0
+    infer_s: float = 0.0  # without compile_s
+    compile_s: float = 0.0  # capturing fixed-shape forwards (torch.compile / CUDA graphs), first use of a shape
+    batch: int = 1  # pictures (tiles or whole frames) per forward
     notes: list[str] = field(default_factory=list)
     # What the model reported about each forward (e.g. AdaRevID's exit, MoCE-IR's experts), one entry per batch.
     model_info: list[dict] = field(default_factory=list)
@@ -103,28 +114,75 @@ class _Pending:
         return self.start.elapsed_time(self.end) / 1000 / self.count
 
 
+def prepare_model(model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool) -> nn.Module:
+    """The module as inference runs it: on the device in the dtype, in eval mode (which fuses re-parameterised
+    branches: SPAN, SpanC, OmniShift), every parameter contiguous (what compiled kernels and cuDNN expect), and
+    channels-last when asked."""
+    model = model.to(device=device, dtype=dtype)
+    if any(m.training for m in model.modules()):
+        # Only when needed: fusing again would give the parameters new storage, behind the back of CUDA graphs
+        # already captured on this module (a benchmark runs one module through several runners).
+        model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.is_contiguous():
+                p.data = p.data.contiguous()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 class Runner:
-    """Holds a model on its device in its precision, and runs images through it tile by tile."""
+    """Holds a model on its device in its precision, and runs images through it tile by tile.
+
+    `batch`: pictures per forward (whole frames in run_many, else tiles), None to size it from free GPU memory (1 on
+    the CPU). `compile`: auto, on, off or a mode (see compiled.py): fixed-shape forwards on a GPU; auto captures a
+    shape once it is seen again and about `compiled.AUTO_MIN_FORWARDS` forwards of it are expected (`expect()`),
+    so a single image never pays for it.
+    """
 
     def __init__(self, model: nn.Module, spec: ArchSpec, *, device: torch.device, dtype: torch.dtype,
-                 tile: int | None = None, overlap: int = 16, batch: int = 1, margin: int | None = None,
+                 tile: int | None = None, overlap: int = 16, batch: int | None = 1, margin: int | None = None,
                  channels_last: bool | None = None,
-                 call: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> None:
+                 call: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None, compile: str = "off") -> None:
         self.spec = spec
         self.device = device
         self.dtype = dtype
         self.overlap = max(0, overlap)
-        self.batch = max(1, batch)
+        self.batch = None if batch is None else max(1, batch)
         self.margin = spec.context if margin is None else max(0, margin)
         self.channels_last = (spec.channels_last and device.type == "cuda") if channels_last is None else channels_last
         self.call = call or (lambda m, x: m(x))
-        self.model = model.to(device=device, dtype=dtype).eval()
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = prepare_model(model, device, dtype, self.channels_last)
         # None: choose per image (auto); 0: whole image; N: fixed core size. OOM back-off lowers it for the run.
         self.tile = tile
         # Polled between batches of tiles: a graceful Ctrl-C stops after the tile in flight.
         self.should_stop: Callable[[], bool] = lambda: False
+        self.compile = compiled.check_choice(compile, device)
+        self._static: compiled.StaticForward | None = None
+        self._static_failed = False
+        self._runs: dict[tuple, int] = {}  # run() calls per window batch shape, for compile auto
+        self._captured: set[tuple] = set()  # window batch shapes granted a fixed-shape forward
+        self._expected = 1
+        self.transfers = Transfers(device)
+
+    def expect(self, forwards: int) -> None:
+        """Hint for `compile auto`: about this many images of the coming size will run (a folder, a video)."""
+        self._expected = max(1, forwards)
+
+    def use_captured(self, static: compiled.StaticForward) -> None:
+        """Reuse forwards captured elsewhere for this same module (the benchmark captures each shape once)."""
+        if static.model is not self.model:
+            raise ValueError("captured forwards belong to another module")
+        self._static = static
+
+    def invalidate(self) -> None:
+        """Forget captured forwards (call after changing the model's runtime options, e.g. SpanC's scale)."""
+        if self._static is not None:
+            self._static.release()
+        self._static = None
+        self._static_failed = False
+        self._captured.clear()
 
     # -- tile size -------------------------------------------------------------------------------------------
     def _auto_tile(self, height: int, width: int) -> int:
@@ -132,12 +190,30 @@ class Runner:
             if self.spec.tiling != "safe" and height * width <= 4_000_000:
                 return 0  # whole-image statistics: one tile is exact and still cheap on the CPU
             return CPU_TILE if self.spec.tiling == "safe" else 1024
+        if self.spec.gpu_tile and self.spec.tiling == "safe" and max(height, width) > self.spec.gpu_tile:
+            return self.spec.gpu_tile  # measured faster than one big window (bench/throughput.py)
         per_px = self._probe_bytes_per_pixel()
-        free, _ = torch.cuda.mem_get_info(self.device)
-        budget = 0.5 * (free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
+        budget = self._free_budget()
         cap = MAX_AUTO_TILE * (2 if self.spec.tiling != "safe" else 1)
-        return choose_tile(height, width, per_px=per_px, budget=budget, margin=self.margin, batch=self.batch,
+        return choose_tile(height, width, per_px=per_px, budget=budget, margin=self.margin, batch=self.batch or 1,
                            cap=cap)
+
+    def _free_budget(self) -> float:
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return 0.5 * (free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
+
+    def _batch_size(self, plan: TilePlan) -> int:
+        """Tiles per forward: the fixed batch, or as many windows as half the free memory holds (auto, GPU), then
+        evened out so the batches of a plan have one size (fixed-shape forwards pad only the last one, if any)."""
+        if self.batch is not None:
+            n = self.batch
+        elif self.device.type != "cuda" or plan.count == 1:
+            n = 1
+        else:
+            per_window = self._probe_bytes_per_pixel() * plan.window_h * plan.window_w
+            n = max(1, min(MAX_AUTO_BATCH, int(self._free_budget() // per_window)))
+        n = min(n, plan.count)
+        return -(-plan.count // -(-plan.count // n))  # count split into equal chunks of at most n
 
     def _probe_bytes_per_pixel(self) -> float:
         """Activation memory per input pixel: the slope between two probe sizes, so weights and fixed buffers
@@ -183,8 +259,17 @@ class Runner:
             except Exception as e:
                 if not _is_oom(e):
                     raise
+                if self._static is not None:
+                    self._static.release()  # captured graphs hold memory; smaller shapes are captured anew
+                    self._captured.clear()
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
+                if self.batch is None and stats.batch > 1:
+                    # auto batch: fewer tiles per forward before smaller tiles (the next plan sizes it again)
+                    stats.retries += 1
+                    stats.notes.append(f"out of memory with {stats.batch} tiles per forward, retrying")
+                    self.batch = max(1, stats.batch // 2)
+                    continue
                 current = tile if tile > 0 else max(height, width)
                 tile = current // 2
                 if tile < max(MIN_TILE, self.spec.min_size):
@@ -193,7 +278,7 @@ class Runner:
                 stats.notes.append(f"out of memory at tile {current}px, retrying with {tile}px")
                 self.tile = tile  # keep the working size for the rest of the run
         stats.tile, stats.tiles = (0 if plan.count == 1 and plan.margin == 0 else plan.tile_h), plan.count
-        stats.infer_s = time.perf_counter() - start
+        stats.infer_s = time.perf_counter() - start - stats.compile_s
         return out, stats
 
     def run_many(self, images: list[torch.Tensor], *, quantize: int | None = None,
@@ -219,16 +304,20 @@ class Runner:
             return self._one_by_one(images, quantize)
         outs: list[torch.Tensor] = []
         stats: list[RunStats] = []
-        step = min(self.batch, getattr(self, "_frames_cap", self.batch))
+        step = min(self._frames_per_forward(plan), getattr(self, "_frames_cap", MAX_AUTO_BATCH * 64))
         i = 0
         while i < len(images):
             chunk = images[i:i + step]
             start = time.perf_counter()
+            chunk_stats = RunStats(batch=len(chunk))
             try:
-                got, info, pending = self._run_whole(chunk, plan, quantize, wait)
+                got, info, pending = self._run_whole(chunk, plan, quantize, wait, step, chunk_stats)
             except Exception as e:
                 if not _is_oom(e):
                     raise
+                if self._static is not None:
+                    self._static.release()  # captured graphs hold memory
+                    self._captured.clear()
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 if step == 1:  # one image does not fit whole: `run` tiles it
@@ -240,37 +329,73 @@ class Runner:
                 step = max(1, step // 2)
                 self._frames_cap = step  # keep the working batch for the rest of the run
                 continue
-            share = (time.perf_counter() - start) / len(chunk)
-            for out in got:
+            share = (time.perf_counter() - start - chunk_stats.compile_s) / len(chunk)
+            for k, out in enumerate(got):
                 outs.append(out)
-                stats.append(RunStats(tile=0, tiles=1, infer_s=share, model_info=list(info), pending=pending))
+                # a capture (and what it had to say) is reported once, with the first picture of the batch
+                stats.append(RunStats(tile=0, tiles=1, infer_s=share, model_info=list(info), pending=pending,
+                                      batch=len(chunk), compile_s=0.0 if k else chunk_stats.compile_s,
+                                      notes=[] if k else chunk_stats.notes))
             i += len(chunk)
         return outs, stats
+
+    def _frames_per_forward(self, plan: TilePlan) -> int:
+        """Whole pictures per forward: the fixed batch, or as many windows as half the free GPU memory holds."""
+        if self.batch is not None:
+            return self.batch
+        if self.device.type != "cuda":
+            return 1
+        per_window = self._probe_bytes_per_pixel() * plan.window_h * plan.window_w
+        return max(1, min(MAX_AUTO_BATCH, int(self._free_budget() // per_window)))
+
+    def max_batch(self) -> int:
+        """The most pictures one forward may take (a pipeline groups that many): the fixed batch, or with auto
+        batch MAX_AUTO_BATCH on a GPU (each forward then takes what memory allows) and 1 on the CPU."""
+        if self.batch is not None:
+            return self.batch
+        return MAX_AUTO_BATCH if self.device.type == "cuda" else 1
 
     def _one_by_one(self, images: list[torch.Tensor],
                     quantize: int | None) -> tuple[list[torch.Tensor], list[RunStats]]:
         pairs = [self.run(im, quantize=quantize) for im in images]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
-    def _run_whole(self, images: list[torch.Tensor], plan: TilePlan, quantize: int | None,
-                   wait: bool) -> tuple[list[torch.Tensor], list[dict], _Pending | None]:
-        """One forward of a single-tile plan over a stack of images; the same pixels `_run_plan` gives each."""
+    def _run_whole(self, images: list[torch.Tensor], plan: TilePlan, quantize: int | None, wait: bool, step: int,
+                   stats: RunStats) -> tuple[list[torch.Tensor], list[dict], _Pending | None]:
+        """One forward of a single-tile plan over a stack of images; the same pixels `_run_plan` gives each.
+
+        With a fixed-shape forward the stack is always `step` pictures (a short last batch repeats its last one,
+        whose outputs are dropped), so one capture serves every batch of the run."""
         if self.should_stop():
             raise InterruptError("interrupted")
         s = plan.scale
         cuda = self.device.type == "cuda"
+        count = len(images)
+        mode = self._capture_mode((step, images[0].shape[0], plan.window_h, plan.window_w, s))
+        if mode != "none":
+            images = images + images[-1:] * (step - count)
         stack = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype, pin_memory=cuda)
         torch.stack(images, out=stack)  # straight into pinned memory: one copy, and an asynchronous upload
         if cuda:
             start = torch.cuda.Event(enable_timing=True)
             start.record(torch.cuda.current_stream(self.device))
-        x = pad_reflect(_unit_float(stack.to(self.device, non_blocking=True)), *plan.pad)
+        # uploaded on the side stream: it overlaps the previous batch's forward (run_many(wait=False))
+        x = pad_reflect(_unit_float(self.transfers.upload(stack)), *plan.pad)
         ((_, _, y, x0),) = plan.positions()
         wy, wx = plan.window_origin(y, x0)
         windows = x[:, :, wy:wy + plan.window_h, wx:wx + plan.window_w]
         info: list[dict] = []
         with torch.inference_mode():
-            y_dev = self.call(self.model, self._to_format(windows.to(self.dtype)))
+            x_dev = self._to_format(windows.to(self.dtype))
+            before = stats.compile_s
+            captured = self._ensure_captured(x_dev, mode, stats)
+            if cuda and stats.compile_s > before:
+                start.record(torch.cuda.current_stream(self.device))  # the capture is not inference time
+            if captured and self._static is not None:
+                # the graph's output buffer is rewritten by the next batch while this one may still be copying
+                y_dev = self._static(x_dev)[:count].clone()
+            else:
+                y_dev = self.call(self.model, x_dev)
             last = getattr(self.model, "last_info", None)
             if last:
                 info.append(dict(last))
@@ -280,7 +405,7 @@ class Runner:
             oy, ox = (y - wy) * s, (x0 - wx) * s
             core = y_dev[:, :, oy:oy + plan.tile_h * s, ox:ox + plan.tile_w * s].float()
             if not cuda:
-                return list(_finish(core, quantize).unbind(0)), info, None
+                return list(self._finish(core, quantize).unbind(0)), info, None
             return self._download(core, quantize, start, wait, info)
 
     def _download(self, core: torch.Tensor, quantize: int | None, start: torch.cuda.Event, wait: bool,
@@ -320,11 +445,60 @@ class Runner:
         need = 4 * (image.shape[0] * ph * pw + (c_out + 1) * plan.height * plan.width * s * s)
         return need < 0.25 * torch.cuda.mem_get_info(self.device)[0]
 
+    # -- fixed-shape forwards ---------------------------------------------------------------------------------
+    def _capture_mode(self, key: tuple) -> compiled.CompileMode:
+        """The mode this window batch shape runs in now; counts one run() of the shape (call once per plan)."""
+        self._runs[key] = runs = self._runs.get(key, 0) + 1
+        if self.compile == "off" or self.device.type != "cuda" or self._static_failed:
+            return "none"
+        mode = compiled.resolve_mode(self.compile, self.spec, self.model)
+        if mode == "none":
+            return "none"
+        if key in self._captured:
+            return mode
+        if len(self._captured) >= compiled.MAX_SHAPES["auto" if self.compile == "auto" else "on"]:
+            return "none"
+        if self.compile == "auto" and not compiled.auto_pays_back(mode, runs, self._expected):
+            return "none"
+        self._captured.add(key)
+        return mode
+
+    def _ensure_captured(self, x: torch.Tensor, mode: compiled.CompileMode, stats: RunStats) -> bool:
+        """Whether x's shape runs through a captured forward (capturing it now if needed); False: run eagerly."""
+        if mode == "none" or self._static_failed:
+            return False
+        if self._static is None or self._static.mode != mode:
+            self._static = compiled.StaticForward(self.model, self.call, mode)
+        static = self._static
+        if static.ready(x):
+            return True
+        start = time.perf_counter()
+        try:
+            static.capture(x)
+        except Exception as e:
+            if _is_oom(e):
+                raise
+            # A model torch.compile or graph capture cannot take runs eagerly; the run goes on.
+            self._static_failed = True
+            static.release()
+            torch.cuda.synchronize(self.device)
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            stats.notes.append(f"compile ({mode}) failed, running eagerly: {type(e).__name__}: {first}")
+            return False
+        finally:
+            stats.compile_s += time.perf_counter() - start
+        return True
+
+    def _forward(self, x: torch.Tensor, mode: compiled.CompileMode, stats: RunStats) -> torch.Tensor:
+        if self._ensure_captured(x, mode, stats) and self._static is not None:
+            return self._static(x)
+        return self.call(self.model, x)
+
     def _run_plan(self, image: torch.Tensor, plan: TilePlan, stats: RunStats, quantize: int | None) -> torch.Tensor:
         s = plan.scale
         resident = self._resident(image, plan)
         work = self.device if resident else torch.device("cpu")
-        src = _unit_float(image.to(work, non_blocking=True))
+        src = _unit_float(self.transfers.upload(image) if resident else image)
         padded = pad_reflect(src[None], *plan.pad)[0]
         single = plan.count == 1
         if not single:
@@ -340,34 +514,74 @@ class Runner:
                 sum_y[y * s:(y + plan.tile_h) * s] += ramps_y[i]
             for j, x in enumerate(plan.xs):
                 sum_x[x * s:(x + plan.tile_w) * s] += ramps_x[j]
+        n = stats.batch = self._batch_size(plan)
+        mode = self._capture_mode((n, image.shape[0], plan.window_h, plan.window_w, s))
         positions = plan.positions()
+        chunks = [positions[b:b + n] for b in range(0, len(positions), n)]
+
+        def stage(chunk: list[tuple[int, int, int, int]]) -> tuple[list[tuple[int, int]], torch.Tensor]:
+            """The chunk's windows on the device in the model's dtype and layout (queued, not waited for)."""
+            origins = [plan.window_origin(y, x) for _, _, y, x in chunk]
+            windows = [padded[:, wy:wy + plan.window_h, wx:wx + plan.window_w] for wy, wx in origins]
+            if mode != "none":
+                windows += windows[-1:] * (n - len(windows))  # a fixed-shape forward takes full batches only
+            x = self.transfers.upload(torch.stack(windows))
+            return origins, self._to_format(x.to(self.device, dtype=self.dtype))
+
+        def blend(chunk: list[tuple[int, int, int, int]], origins: list[tuple[int, int]], y: torch.Tensor) -> None:
+            for k, ((i, j, ty, tx), (wy, wx)) in enumerate(zip(chunk, origins, strict=True)):
+                oy, ox = (ty - wy) * s, (tx - wx) * s
+                core = y[k, :, oy:oy + plan.tile_h * s, ox:ox + plan.tile_w * s].float()
+                w = ramps_y[i][:, None] * ramps_x[j][None, :]
+                acc[:, ty * s:(ty + plan.tile_h) * s, tx * s:(tx + plan.tile_w) * s] += core * w
+
+        pending: tuple | None = None  # streamed tiles: the previous batch's outputs, still on their way to the CPU
         with torch.inference_mode():
-            for b in range(0, len(positions), self.batch):
+            staged = stage(chunks[0])
+            for c, chunk in enumerate(chunks):
                 if self.should_stop():
                     raise InterruptError("interrupted")
-                chunk = positions[b:b + self.batch]
-                origins = [plan.window_origin(y, x) for _, _, y, x in chunk]
-                windows = torch.stack([padded[:, wy:wy + plan.window_h, wx:wx + plan.window_w] for wy, wx in origins])
-                if self.device.type == "cuda" and not resident:
-                    windows = windows.pin_memory()
-                x_dev = self._to_format(windows.to(self.device, dtype=self.dtype, non_blocking=True))
-                y_dev = self.call(self.model, x_dev)
+                origins, x_dev = staged
+                y_dev = self._forward(x_dev, mode, stats)
                 info = getattr(self.model, "last_info", None)
                 if info:
                     stats.model_info.append(dict(info))
                 if y_dev.shape[-2:] != (plan.window_h * s, plan.window_w * s):
                     raise RestoreError(f"{self.spec.id} returned {tuple(y_dev.shape[-2:])} for a "
                                        f"{plan.window_h}x{plan.window_w} tile, expected scale {s}")
-                for k, ((i, j, y, x), (wy, wx)) in enumerate(zip(chunk, origins, strict=True)):
+                if c + 1 < len(chunks):
+                    staged = stage(chunks[c + 1])  # its upload overlaps this forward
+                if single:
+                    wy, wx = origins[0]
+                    _, _, y, x = chunk[0]
                     oy, ox = (y - wy) * s, (x - wx) * s
-                    core = y_dev[k, :, oy:oy + plan.tile_h * s, ox:ox + plan.tile_w * s].float()
-                    if single:
-                        return _finish(core, quantize)
-                    w = ramps_y[i][:, None] * ramps_x[j][None, :]
-                    ys, xs = slice(y * s, (y + plan.tile_h) * s), slice(x * s, (x + plan.tile_w) * s)
-                    # blocking: a non_blocking device-to-host copy returns before its data lands
-                    acc[:, ys, xs] += core.to(work) * w
-        return _finish(acc.div_(sum_y[:, None] * sum_x[None, :]), quantize)
+                    core = y_dev[0, :, oy:oy + plan.tile_h * s, ox:ox + plan.tile_w * s].float()
+                    return self._finish(core, quantize)
+                if resident:
+                    blend(chunk, origins, y_dev)
+                    continue
+                # A graph's output buffer is rewritten by the next replay: copy it before the transfer starts.
+                host, done = self.transfers.download(y_dev.clone() if mode != "none" else y_dev)
+                if pending is not None:
+                    _wait(pending[3])
+                    blend(*pending[:3])
+                pending = (chunk, origins, host, done)
+            if pending is not None:
+                _wait(pending[3])
+                blend(*pending[:3])
+        return self._finish(acc.div_(sum_y[:, None] * sum_x[None, :]), quantize)
+
+    def _finish(self, out: torch.Tensor, quantize: int | None) -> torch.Tensor:
+        """Clamp, scale and round on the device when asked (uint8, or int32 for 16-bit), then to the CPU."""
+        if quantize is not None:
+            q = out.clamp_(0.0, 1.0).mul_(float(quantize)).round_()
+            out = q.to(torch.uint8 if quantize == 255 else torch.int32)
+        return self.transfers.fetch(out)
+
+
+def _wait(done: torch.cuda.Event | None) -> None:
+    if done is not None:
+        done.synchronize()
 
 
 def _unit_float(x: torch.Tensor) -> torch.Tensor:
@@ -377,11 +591,3 @@ def _unit_float(x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.int32:  # 16-bit pixels travel as int32: torch's uint16 lacks most ops
         return x.float().div_(65535.0)
     return x.float()
-
-
-def _finish(out: torch.Tensor, quantize: int | None) -> torch.Tensor:
-    if quantize is None:
-        return out.cpu()
-    q = out.clamp_(0.0, 1.0).mul_(float(quantize)).round_()
-    return q.to(torch.uint8 if quantize == 255 else torch.int32).cpu()
-

@@ -1,0 +1,149 @@
+"""Issue 13's throughput table: the listed models through restore_cli.benchmark, within a wall-time budget.
+
+    python3 -m bench.throughput --all --out bench/results          # every listed model (about 6 min on an H100)
+    python3 -m bench.throughput --only span,nafnet --out /tmp/t     # a subset (names match case labels)
+
+Writes OUT/throughput.json (environment, bf16 matmul peak, every variant of every model) and OUT/throughput.md
+(per-model summary with the geometric-mean speed-up over the 512-tile loop, then every variant). Random weights,
+natural content (see restore_cli/benchmark.py). Inductor compiles share one budget (--compile-budget-s): once it
+is spent, later models are timed with CUDA graphs only, and their rows say so; models that do not start before
+--budget-s are listed as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from restore_cli import benchmark
+
+# Preset names (their architecture and configuration; weights random): SR at 960x540, restoration at 1920x1080.
+CASES = [
+    "span-x4-ch48",
+    "plksr-x4",
+    "realplksr-x4",
+    "nafnet-gopro-w64",
+    "ufpnet-gopro",
+    "camixersr-x4",
+    "moce-ir-s-aio3",
+    "promptir-aio3",
+]
+
+
+def run(names: list[str], out: Path | None, *, budget_s: float, compile_budget_s: float, repeat: int,
+        modes: tuple[str, ...]) -> dict[str, Any]:
+    started = time.perf_counter()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    env = benchmark.environment(dev)
+    peak = benchmark.matmul_peak_tflops(dev)
+    print(f"{env.get('gpu', 'cpu')}: bf16 matmul peak {peak or 0:.0f} TFLOP/s", flush=True)
+    rows: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    compile_spent = 0.0
+
+    def document() -> dict[str, Any]:
+        speedups = [x["api speed-up vs loop"] for x in summaries if isinstance(x.get("api speed-up vs loop"), float)]
+        return {"environment": env, "peak_tflops": peak, "summary": summaries, "rows": rows, "skipped": skipped,
+                "geomean_api_speedup_vs_loop": benchmark.geomean(speedups),
+                "wall_s": round(time.perf_counter() - started), "compile_s": round(compile_spent, 1)}
+
+    def save() -> None:  # after every model: a run cut short by a timeout still leaves its results
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            doc = document()
+            (out / "throughput.json").write_text(json.dumps(doc, indent=2) + "\n")
+            (out / "throughput.md").write_text(markdown(doc))
+
+    for name in names:
+        if time.perf_counter() - started > budget_s:
+            skipped.append(name)
+            continue
+        module = None
+        try:
+            label, module, spec, _ = benchmark.build_model(name)
+            opts = benchmark.Options(repeat=repeat, modes=modes,
+                                     compile_budget_s=max(0.0, compile_budget_s - compile_spent))
+            res = benchmark.bench_model(label, module, spec, benchmark.default_size(spec), dev, opts,
+                                        log=lambda s: print(s, flush=True))
+        except Exception as e:  # one model failing must not lose the others' numbers
+            summaries.append({"model": name, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            print(f"{name}: {summaries[-1]['error']}", flush=True)
+        else:
+            compile_spent += sum(v.compile_s or 0.0 for v in res.variants
+                                 if v.name.startswith("module ") and v.name != "module graph")
+            rows += benchmark.rows(res, peak)
+            summaries.append(benchmark.summary(res))
+        del module
+        if dev.type == "cuda":
+            torch._dynamo.reset()  # compiled code of the finished model
+            torch.cuda.empty_cache()
+        save()
+    save()
+    return document()
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return lines
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    env = doc["environment"]
+    g = doc["geomean_api_speedup_vs_loop"]
+    lines = [
+        "# Throughput (issue 13)", "",
+        f"GPU {env.get('gpu', 'none')} (driver {env.get('driver', '?')}), torch {env['torch']}, CUDA {env['cuda']}, "
+        f"cuDNN {env.get('cudnn', '?')}, {env['date']}. bf16 matmul peak (measured, 8192^3): "
+        f"{doc['peak_tflops'] or 0:.0f} TFLOP/s. Run: {doc['wall_s']} s wall, {doc['compile_s']} s of inductor "
+        "compiles.", "",
+        "Generated by `python3 -m bench.throughput --all --out bench/results`. Random weights (speed does not depend "
+        "on them), a natural picture scaled to the frame size. `loop512`: 512 px tiles with 10 px of context run one "
+        "at a time, cropped and pasted (Real-ESRGAN's loop, what chaiNNer-style tools run), on GPU tensors. `api`: "
+        "restore_image(), uint8 HWC frame in and out (transfers and conversions included).", "",
+        "## Summary", "",
+        *_table(doc["summary"]), "",
+        f"Geometric-mean speed-up of the best API variant over loop512: {g:.2f}x" if g else "No speed-up measured.",
+        "",
+    ]
+    if doc["skipped"]:
+        lines += [f"Not run (wall-time budget spent): {', '.join(doc['skipped'])}.", ""]
+    lines += ["## Every variant", "", *_table(doc["rows"]), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--all", action="store_true", help="every listed model")
+    ap.add_argument("--only", default="", help="comma-separated substrings of case names")
+    ap.add_argument("--out", type=Path, default=None, help="folder for throughput.json and throughput.md")
+    ap.add_argument("--budget-s", type=float, default=240.0, help="start no model after this many seconds")
+    ap.add_argument("--compile-budget-s", type=float, default=170.0, help="inductor compile seconds, all models")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--modes", default="graph,auto", help="capture modes to time (see restore bench --help)")
+    args = ap.parse_args()
+    if args.all == bool(args.only):
+        ap.error("give --all or --only")
+    wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
+    names = CASES if args.all else [c for c in CASES if any(w in c for w in wanted)]
+    if not names:
+        ap.error(f"--only matches none of {', '.join(CASES)}")
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip() and m.strip() != "none")
+    run(names, args.out, budget_s=args.budget_s, compile_budget_s=args.compile_budget_s, repeat=args.repeat,
+        modes=modes)
+
+
+if __name__ == "__main__":
+    main()
