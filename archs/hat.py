@@ -11,7 +11,7 @@ Transformer", CVPR 2023) as the NTIRE team18_XiaomiMM entry ships it, in three c
 
 Semantics follow korvin2000/arch_research@5108929 `team18_XiaomiMM/model_{1,2,3}.py`; keyword names, defaults and
 state-dict keys match, so its checkpoints load strictly (the relative position indexes are persistent buffers there,
-and here). Shared blocks (window attention, OCAB, CAB, SS2D) live in archs.layers.
+and here). The blocks (HAB, AttenBlocks, RHAG with window attention, OCAB, CAB, SS2D) live in archs.layers.swin.
 
 Size rule (upstream): no padding inside, H and W must be multiples of `window_size` (the descriptor's multiple_of;
 the engine pads). The channel attention pools the whole map, so tiles are not exact: tiling "global".
@@ -34,109 +34,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers.detect import count_indexed, ratio_for, same_keys_and_shapes
-from .layers.drop import DropPath
-from .layers.ss2d import SS2D
-from .layers.swin import (
-    CAB,
-    OCAB,
-    Mlp,
-    PatchEmbed,
-    WindowAttention,
-    block_window,
-    oca_relative_position_index,
-    patch_unembed,
-    shifted_window_attention,
-)
+from .layers.swin import RHAG, PatchEmbed, oca_relative_position_index, patch_unembed, resi_conv
 from .layers.upsample import Upsample
 from .layers.window import relative_position_index, shifted_window_mask
 from .spec import ArchEntry, ArchSpec, StateDict
 
-__all__ = ["ARCHS", "HAB", "HAT", "HATM", "RHAG", "HATIQCMix"]
+__all__ = ["ARCHS", "HAT", "HATM", "HATIQCMix", "image_statistics"]
 
 _LICENSE = "unspecified (NTIRE team18_XiaomiMM code in korvin2000/arch_research, GPL-3.0 collection)"
 _RGB_MEAN = (0.4488, 0.4371, 0.4040)
 _NUM_FEAT = 64
-
-
-class HAB(nn.Module):
-    """Hybrid attention block: x + W-MSA(LN x) (or SS2D) + conv_scale * CAB(LN x); then x + MLP(LN x)."""
-
-    def __init__(self, *, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int,
-                 shift_size: int, compress_ratio: int, squeeze_factor: int, conv_scale: float, mlp_ratio: float,
-                 qkv_bias: bool, qk_scale: float | None, drop: float, drop_path: float, mamba: bool = False) -> None:
-        super().__init__()
-        self.window_size, self.shift_size = block_window(input_resolution, window_size, shift_size)
-        self.norm1 = nn.LayerNorm(dim)
-        self.mamba = mamba
-        if mamba:
-            self.vmamba = SS2D(d_model=dim)
-        else:
-            self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale)
-        self.conv_scale = conv_scale
-        self.conv_block = CAB(dim, compress_ratio, squeeze_factor)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
-
-    def forward(self, x: torch.Tensor, x_size: tuple[int, int], rpi_sa: torch.Tensor,
-                attn_mask: torch.Tensor | None) -> torch.Tensor:
-        h, w = x_size
-        b, _, c = x.shape
-        y = self.norm1(x).reshape(b, h, w, c)
-        conv_x = self.conv_block(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, h * w, c)
-        if self.mamba:
-            attn_x = self.vmamba(y)
-        else:
-            attn_x = shifted_window_attention(y, self.attn, self.window_size, self.shift_size, rpi=rpi_sa,
-                                              mask=attn_mask)
-        x = x + self.drop_path(attn_x.reshape(b, h * w, c)) + conv_x * self.conv_scale
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class AttenBlocks(nn.Module):
-    """`depth` HABs (every second one shifted by window_size // 2), then the OCAB."""
-
-    def __init__(self, *, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 compress_ratio: int, squeeze_factor: int, conv_scale: float, overlap_ratio: float, mlp_ratio: float,
-                 qkv_bias: bool, qk_scale: float | None, drop: float, drop_path: Sequence[float],
-                 mamba: bool) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            HAB(dim=dim, input_resolution=input_resolution, num_heads=num_heads, window_size=window_size,
-                shift_size=0 if i % 2 == 0 else window_size // 2, compress_ratio=compress_ratio,
-                squeeze_factor=squeeze_factor, conv_scale=conv_scale, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                qk_scale=qk_scale, drop=drop, drop_path=drop_path[i], mamba=mamba)
-            for i in range(depth)
-        )
-        self.overlap_attn = OCAB(dim, window_size, overlap_ratio, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                                 mlp_ratio=mlp_ratio)
-
-    def forward(self, x: torch.Tensor, x_size: tuple[int, int], params: dict[str, Any]) -> torch.Tensor:
-        for blk in self.blocks:
-            x = blk(x, x_size, params["rpi_sa"], params["attn_mask"])
-        return self.overlap_attn(x, x_size, params["rpi_oca"])
-
-
-class RHAG(nn.Module):
-    """Residual hybrid attention group: x + conv(AttenBlocks(x)) (conv: 3x3, or identity)."""
-
-    def __init__(self, *, resi_connection: str, **kwargs: Any) -> None:
-        super().__init__()
-        dim = kwargs["dim"]
-        self.residual_group = AttenBlocks(**kwargs)
-        self.conv = _resi_conv(dim, resi_connection)
-
-    def forward(self, x: torch.Tensor, x_size: tuple[int, int], params: dict[str, Any]) -> torch.Tensor:
-        y = patch_unembed(self.residual_group(x, x_size, params), x_size)
-        return self.conv(y).flatten(2).transpose(1, 2) + x
-
-
-def _resi_conv(dim: int, resi_connection: str) -> nn.Module:
-    if resi_connection == "1conv":
-        return nn.Conv2d(dim, dim, 3, 1, 1)
-    if resi_connection == "identity":
-        return nn.Identity()
-    raise ValueError(f"resi_connection must be '1conv' or 'identity', not {resi_connection!r}")
 
 
 class _HATBase(nn.Module):
@@ -248,7 +155,7 @@ class HAT(_HATBase):
         self.num_layers = len(depths)
         self.layers = nn.ModuleList(self._group(i) for i in range(self.num_layers))
         self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = _resi_conv(embed_dim, resi_connection)
+        self.conv_after_body = resi_conv(embed_dim, resi_connection)
         self.conv_before_upsample, self.upsample, self.conv_last = self._head(in_chans)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -335,7 +242,7 @@ class HATIQCMix(_HATBase):
             for _ in range(self.num_branches)
         )
         self.norm_branches = nn.ModuleList(nn.LayerNorm(embed_dim) for _ in range(self.num_branches))
-        self.conv_after_body_branches = nn.ModuleList(_resi_conv(embed_dim, resi_connection)
+        self.conv_after_body_branches = nn.ModuleList(resi_conv(embed_dim, resi_connection)
                                                       for _ in range(self.num_branches))
         heads = [self._head(in_chans) for _ in range(self.num_branches)]
         self.conv_before_upsample_branches = nn.ModuleList(h[0] for h in heads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import lzma
 from typing import Any
 
 import pytest
@@ -81,3 +82,14 @@ def test_descriptor() -> None:
     spec = archs.spec("HAT", **{**TINY, "upscale": 4})
     assert (spec.family, spec.scale, spec.multiple_of, spec.min_size, spec.tiling) == ("HAT", 4, 4, 4, "global")
     assert archs.spec("HATM", **TINY).upstream_class == "HATM"
+
+
+def test_mshat_is_not_taken_for_hat() -> None:
+    """MSHAT (DAT family, team15) is HAT plus two unused heads: the HAT detectors must not claim its checkpoints."""
+    path = GOLDEN / "DAT__team15_mshat_x4.keys.json.xz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    with lzma.open(path, "rt") as f:
+        doc = json.load(f)
+    sd = {k: torch.empty(v, device="meta") for k, v in doc["state_dict"].items()}
+    assert not {n for n, _ in archs.detect(sd)} & {"hat", "hatm", "hatiqcmix"}

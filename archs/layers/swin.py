@@ -7,7 +7,9 @@ Upstream copies these verbatim family after family; key names match theirs (`rel
 * `block_window` (Swin's rule: a block whose map is no larger than the window attends over the whole map, unshifted);
 * `WindowAttention` (relative-position-biased window attention; the qkv projection inside or given by the caller)
   and `shifted_window_attention` (roll, partition, attend, merge, roll back);
-* `OCAB` (HAT's overlapping cross-attention block) and `oca_relative_position_index`.
+* `OCAB` (HAT's overlapping cross-attention block) and `oca_relative_position_index`;
+* HAT's residual hybrid attention group: `HAB` (window attention, or VMamba's SS2D for HATM, plus a scaled CAB),
+  `AttenBlocks` (HABs then an OCAB), `RHAG` (x + conv(AttenBlocks(x))), `resi_conv`.
 
 Attention runs through `F.scaled_dot_product_attention` with the bias (and the shifted-window mask) as an additive
 float mask: the same softmax(q k^T * scale + bias) as upstream's explicit matmuls, with fused kernels on the GPU.
@@ -15,10 +17,15 @@ float mask: the same softmax(q k^T * scale + bias) as upstream's explicit matmul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .drop import DropPath
+from .ss2d import SS2D
 from .window import relative_position_bias, relative_position_index, window_partition, window_reverse
 
 
@@ -225,3 +232,89 @@ class OCAB(nn.Module):
         out = window_reverse(out.transpose(1, 2).reshape(-1, ws, ws, c), ws, h, w).reshape(b, h * w, c)
         x = self.proj(out) + shortcut
         return x + self.mlp(self.norm2(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# HAT's residual hybrid attention group (HAT, HATM, HATIQCMix; MSHAT is HAT with extra heads)
+
+
+class HAB(nn.Module):
+    """Hybrid attention block: x + W-MSA(LN x) (or SS2D) + conv_scale * CAB(LN x); then x + MLP(LN x)."""
+
+    def __init__(self, *, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int,
+                 shift_size: int, compress_ratio: int, squeeze_factor: int, conv_scale: float, mlp_ratio: float,
+                 qkv_bias: bool, qk_scale: float | None, drop: float, drop_path: float, mamba: bool = False) -> None:
+        super().__init__()
+        self.window_size, self.shift_size = block_window(input_resolution, window_size, shift_size)
+        self.norm1 = nn.LayerNorm(dim)
+        self.mamba = mamba
+        if mamba:
+            self.vmamba = SS2D(d_model=dim)
+        else:
+            self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale)
+        self.conv_scale = conv_scale
+        self.conv_block = CAB(dim, compress_ratio, squeeze_factor)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int], rpi_sa: torch.Tensor,
+                attn_mask: torch.Tensor | None) -> torch.Tensor:
+        h, w = x_size
+        b, _, c = x.shape
+        y = self.norm1(x).reshape(b, h, w, c)
+        conv_x = self.conv_block(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        if self.mamba:
+            attn_x = self.vmamba(y)
+        else:
+            attn_x = shifted_window_attention(y, self.attn, self.window_size, self.shift_size, rpi=rpi_sa,
+                                              mask=attn_mask)
+        x = x + self.drop_path(attn_x.reshape(b, h * w, c)) + conv_x * self.conv_scale
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class AttenBlocks(nn.Module):
+    """`depth` HABs (every second one shifted by window_size // 2), then the OCAB."""
+
+    def __init__(self, *, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
+                 compress_ratio: int, squeeze_factor: int, conv_scale: float, overlap_ratio: float, mlp_ratio: float,
+                 qkv_bias: bool, qk_scale: float | None, drop: float, drop_path: Sequence[float],
+                 mamba: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            HAB(dim=dim, input_resolution=input_resolution, num_heads=num_heads, window_size=window_size,
+                shift_size=0 if i % 2 == 0 else window_size // 2, compress_ratio=compress_ratio,
+                squeeze_factor=squeeze_factor, conv_scale=conv_scale, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                qk_scale=qk_scale, drop=drop, drop_path=drop_path[i], mamba=mamba)
+            for i in range(depth)
+        )
+        self.overlap_attn = OCAB(dim, window_size, overlap_ratio, num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                                 mlp_ratio=mlp_ratio)
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int], params: dict[str, Any]) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x, x_size, params["rpi_sa"], params["attn_mask"])
+        return self.overlap_attn(x, x_size, params["rpi_oca"])
+
+
+class RHAG(nn.Module):
+    """Residual hybrid attention group: x + conv(AttenBlocks(x)) (conv: 3x3, or identity)."""
+
+    def __init__(self, *, resi_connection: str, **kwargs: Any) -> None:
+        super().__init__()
+        dim = kwargs["dim"]
+        self.residual_group = AttenBlocks(**kwargs)
+        self.conv = resi_conv(dim, resi_connection)
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int], params: dict[str, Any]) -> torch.Tensor:
+        y = patch_unembed(self.residual_group(x, x_size, params), x_size)
+        return self.conv(y).flatten(2).transpose(1, 2) + x
+
+
+def resi_conv(dim: int, resi_connection: str) -> nn.Module:
+    """The conv closing a residual group: '1conv' (3x3) or 'identity'."""
+    if resi_connection == "1conv":
+        return nn.Conv2d(dim, dim, 3, 1, 1)
+    if resi_connection == "identity":
+        return nn.Identity()
+    raise ValueError(f"resi_connection must be '1conv' or 'identity', not {resi_connection!r}")
