@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import lzma
 import sys
 from pathlib import Path
 
@@ -42,3 +43,23 @@ def load_golden(path: Path, cls: str | None = None) -> tuple[torch.nn.Module, di
     model = archs.build(cls or meta["class"], **json.loads(meta["kwargs"]))
     model.load_state_dict(recipe_state_dict(t, meta), strict=True)
     return model.eval(), t, meta
+
+
+def read_manifest(path: Path) -> dict:
+    """An official state-dict manifest: `*.keys.json`, or minified and xz-compressed `*.keys.json.xz`."""
+    if path.suffix == ".xz":
+        with lzma.open(path, "rt") as f:
+            return json.load(f)
+    return json.loads(path.read_text())
+
+
+# Extra forward arguments of goldens whose `call` is more than forward(x), by the call text's tail.
+_OSRT_CALL = "torch.cos(torch.linspace(-1.2, 1.2, 16)).view(1, 1, 16, 1).expand(1, 1, 16, 24).contiguous())"
+
+
+def golden_inputs(t: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[torch.Tensor, ...]:
+    """The positional arguments of a golden's call: the input, plus what the call builds (OSRT's latitude map)."""
+    call = meta.get("call", "forward(x)")
+    if call.endswith(_OSRT_CALL):
+        return t["input"], torch.cos(torch.linspace(-1.2, 1.2, 16)).view(1, 1, 16, 1).expand(1, 1, 16, 24).contiguous()
+    return (t["input"],)

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 import archs
 from tests.conftest import GOLDEN
-from tests.goldens import read_golden, recipe_state_dict, rel_l2
+from tests.goldens import golden_inputs, read_golden, read_manifest, recipe_state_dict, rel_l2
 
 if not GOLDEN.is_dir():
     pytest.skip(f"golden folder {GOLDEN} not found", allow_module_level=True)
@@ -33,7 +33,8 @@ def _known(cls: str) -> bool:
 
 GOLDENS = sorted(p for p in [*GOLDEN.glob("*.safetensors"), *GOLDEN.glob("real/*.safetensors")]
                  if _known(_meta(p)["class"]))
-MANIFESTS = sorted(p for p in GOLDEN.glob("*.keys.json") if _known(json.loads(p.read_text())["class"]))
+MANIFESTS = sorted(p for p in [*GOLDEN.glob("*.keys.json"), *GOLDEN.glob("*.keys.json.xz")]
+                   if _known(read_manifest(p)["class"]))
 
 
 @pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.name)
@@ -49,7 +50,7 @@ def test_golden_output(path: Path) -> None:
     model.load_state_dict(sd, strict=True)
     model.eval()
     with torch.no_grad():
-        out = model(t["input"])
+        out = model(*golden_inputs(t, meta))
     tol = float(meta.get("tolerance", "1e-4"))
     err = rel_l2(out, t["output"])
     assert out.shape == t["output"].shape
@@ -65,7 +66,7 @@ def test_golden_output(path: Path) -> None:
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_keys_and_detection(path: Path) -> None:
-    doc = json.loads(path.read_text())
+    doc = read_manifest(path)
     want = {k: list(v) for k, v in doc["state_dict"].items()}
     kwargs = doc["kwargs"]
     with torch.device("meta"):
