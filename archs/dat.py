@@ -23,7 +23,6 @@ are errors (upstream returns the un-upsampled input or fails later).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +32,7 @@ from torch import nn
 
 from .layers.detect import count_indexed, pixel_shuffle_scale, ratio_for, same_keys_and_shapes
 from .layers.drop import DropPath
+from .layers.posbias import DynamicPosBias, offset_table
 from .layers.upsample import Upsample, UpsampleOneStep
 from .layers.window import relative_position_index, shifted_window_mask, window_partition, window_reverse
 from .spec import ArchEntry, ArchSpec, StateDict
@@ -101,35 +101,6 @@ class SGFN(nn.Module):
         return self.fc2(self.sg(self.act(self.fc1(x)), h, w))
 
 
-class DynamicPosBias(nn.Module):
-    """Relative position bias as an MLP of the (dy, dx) offsets (CrossFormer): proj to dim // 4, then three
-    (LayerNorm, ReLU, Linear) stages, the last to one value per head. DAT never uses the residual form."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.pos_dim = dim // 4
-
-        def stage(out: int) -> nn.Sequential:
-            return nn.Sequential(nn.LayerNorm(self.pos_dim), nn.ReLU(inplace=True), nn.Linear(self.pos_dim, out))
-
-        with warnings.catch_warnings():
-            # narrow widths (embed_dim < 64) give pos_dim 0 upstream too: the bias is then pos3's bias alone
-            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
-            self.pos_proj = nn.Linear(2, self.pos_dim)
-            self.pos1 = stage(self.pos_dim)
-            self.pos2 = stage(self.pos_dim)
-            self.pos3 = stage(num_heads)
-
-    def forward(self, biases: torch.Tensor) -> torch.Tensor:
-        return self.pos3(self.pos2(self.pos1(self.pos_proj(biases))))
-
-
-def _offset_table(wh: int, ww: int) -> torch.Tensor:
-    """((2 wh - 1) * (2 ww - 1), 2) float (dy, dx) offsets in raster order (DAT's `rpe_biases`)."""
-    dy, dx = torch.meshgrid(torch.arange(1 - wh, wh), torch.arange(1 - ww, ww), indexing="ij")
-    return torch.stack([dy.flatten(), dx.flatten()], 1).float()
-
-
 class Spatial_Attention(nn.Module):  # noqa: N801 (upstream class name)
     """Window attention over (wh, ww) rectangles with a DynamicPosBias; idx 1 transposes the rectangle."""
 
@@ -140,8 +111,8 @@ class Spatial_Attention(nn.Module):  # noqa: N801 (upstream class name)
         self.scale = qk_scale or (dim // num_heads) ** -0.5
         s0, s1 = int(split_size[0]), int(split_size[1])
         self.H_sp, self.W_sp = (s0, s1) if idx == 0 else (s1, s0)
-        self.pos = DynamicPosBias(dim // 4, num_heads)
-        self.register_buffer("rpe_biases", _offset_table(self.H_sp, self.W_sp))
+        self.pos = DynamicPosBias(dim // 4, num_heads)  # DAT never uses the residual form
+        self.register_buffer("rpe_biases", offset_table(self.H_sp, self.W_sp))
         self.register_buffer("relative_position_index", relative_position_index((self.H_sp, self.W_sp)))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

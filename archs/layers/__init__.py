@@ -26,6 +26,7 @@ Module map (public names):
   `GLOBAL_CONTEXT_CAP`, `ffn_factor`.
 * `deform`: modulated deformable convolution `deform_conv2d` (torchvision's where it loads, else
   `deform_conv2d_reference`, the same arithmetic in PyTorch), BasicSR's `DCNv2Pack` and `flow_warp` (OSRT).
+* `posbias`: `DynamicPosBias` (CrossFormer's MLP position bias: DAT, HiT-SRF) and its `offset_table`.
 * `kernel_prior`: UFPNet's kernel estimator `code_extra_mean_var`, flow prior `KernelPrior`, `kernel_maps` (both,
   as image-shaped maps), `kernel_attention`, `NAFBlock_kernel`, `FLOW_KERNEL_SIZE`.
 """
