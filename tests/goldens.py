@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import lzma
 import sys
 from pathlib import Path
 
@@ -43,14 +42,6 @@ def load_golden(path: Path, cls: str | None = None) -> tuple[torch.nn.Module, di
     model = archs.build(cls or meta["class"], **json.loads(meta["kwargs"]))
     model.load_state_dict(recipe_state_dict(t, meta), strict=True)
     return model.eval(), t, meta
-
-
-def read_manifest(path: Path) -> dict:
-    """An official state-dict manifest: `*.keys.json`, or minified and xz-compressed `*.keys.json.xz`."""
-    if path.suffix == ".xz":
-        with lzma.open(path, "rt") as f:
-            return json.load(f)
-    return json.loads(path.read_text())
 
 
 # Extra forward arguments of goldens whose `call` is more than forward(x), by the call text's tail.

@@ -29,4 +29,8 @@ Module map (public names):
 * `posbias`: `DynamicPosBias` (CrossFormer's MLP position bias: DAT, HiT-SRF) and its `offset_table`.
 * `kernel_prior`: UFPNet's kernel estimator `code_extra_mean_var`, flow prior `KernelPrior`, `kernel_maps` (both,
   as image-shaped maps), `kernel_attention`, `NAFBlock_kernel`, `FLOW_KERNEL_SIZE`.
+* `swin`: the SwinIR/HAT line's blocks: `Mlp`, `ChannelAttention`, `CAB`, `PatchEmbed`, `patch_unembed`,
+  `block_window`, `attend`, `WindowAttention`, `shifted_window_attention`, `OCAB`, `oca_relative_position_index`,
+  and HAT's residual hybrid attention group `HAB`, `AttenBlocks`, `RHAG`, `resi_conv` (HAT family, MSHAT).
+* `ss2d`: VMamba's `SS2D` 2-D selective scan (ConvMambaSR, HATM).
 """
