@@ -23,6 +23,7 @@ are errors (upstream returns the un-upsampled input or fails later).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,11 +34,13 @@ from torch import nn
 from .layers.detect import count_indexed, pixel_shuffle_scale, ratio_for, same_keys_and_shapes
 from .layers.drop import DropPath
 from .layers.posbias import DynamicPosBias, offset_table
+from .layers.swin import RHAG, PatchEmbed, oca_relative_position_index, patch_unembed
+from .layers.swin import resi_conv as swin_resi_conv
 from .layers.upsample import Upsample, UpsampleOneStep
 from .layers.window import relative_position_index, shifted_window_mask, window_partition, window_reverse
 from .spec import ArchEntry, ArchSpec, StateDict
 
-__all__ = ["ARCHS", "DAT"]
+__all__ = ["ARCHS", "DAT", "MSHAT"]
 
 _UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect")
 _RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -382,6 +385,110 @@ class DAT(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# MSHAT
+
+
+class MSHAT(nn.Module):
+    """HAT (residual hybrid attention groups: shifted-window attention + scaled channel-attention conv blocks, then
+    an overlapping cross-attention block) with upstream's two extra heads `upsample_1x` (no layers) and
+    `upsample_2x`, whose outputs upstream computes and discards: their weights load, nothing runs them. Only the
+    'pixelshuffle' head exists upstream. No padding inside: H and W must be multiples of window_size."""
+
+    def __init__(
+        self,
+        *,
+        img_size: int | Sequence[int] = 64,
+        patch_size: int = 1,
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (6, 6, 6, 6),
+        num_heads: Sequence[int] = (6, 6, 6, 6),
+        window_size: int = 7,
+        compress_ratio: int = 3,
+        squeeze_factor: int = 30,
+        conv_scale: float = 0.01,
+        overlap_ratio: float = 0.5,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        ape: bool = False,
+        patch_norm: bool = True,
+        use_checkpoint: bool = False,
+        upscale: int = 2,
+        img_range: float = 1.0,
+        upsampler: str = "",
+        resi_connection: str = "1conv",
+    ) -> None:
+        super().__init__()
+        if upsampler != "pixelshuffle":
+            raise ValueError(f"upsampler {upsampler!r}: MSHAT's forward only has the 'pixelshuffle' head")
+        if patch_size != 1:
+            raise ValueError("MSHAT runs with patch_size 1 only (its patch embedding does not patch)")
+        del attn_drop_rate, use_checkpoint  # nothing at inference
+        res = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+        if min(res) < window_size:
+            raise ValueError(f"img_size {res} is smaller than the window {window_size} (upstream's tables do not fit)")
+        num_feat = 64
+        self.window_size, self.shift_size = window_size, window_size // 2
+        self.img_range = float(img_range)
+        self.upscale, self.upsampler = upscale, upsampler
+        self.register_buffer("mean", _mean(in_chans), persistent=False)
+        self.register_buffer("relative_position_index_SA", relative_position_index(window_size))
+        overlap_win = window_size + int(overlap_ratio * window_size)
+        self.register_buffer("relative_position_index_OCA", oca_relative_position_index(window_size, overlap_win))
+        self.shifts = min(res) > window_size  # Swin's rule: no shifted block when the map fits one window
+        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.patch_embed = PatchEmbed(embed_dim, patch_norm)
+        self.ape = ape
+        if ape:
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, res[0] * res[1], embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        total = sum(depths)
+        dpr = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]  # torch.linspace
+        self.layers = nn.ModuleList(
+            RHAG(dim=embed_dim, input_resolution=res, depth=depths[i], num_heads=num_heads[i],
+                 window_size=window_size, compress_ratio=compress_ratio, squeeze_factor=squeeze_factor,
+                 conv_scale=conv_scale, overlap_ratio=overlap_ratio, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                 qk_scale=qk_scale, drop=drop_rate, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                 mamba=False, resi_connection=resi_connection)
+            for i in range(len(depths))
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.conv_after_body = swin_resi_conv(embed_dim, resi_connection)
+        self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+        self.upsample = Upsample(upscale, num_feat)
+        self.upsample_1x = Upsample(1, num_feat)  # empty: scale 1 is 2**0
+        self.upsample_2x = Upsample(2, num_feat)
+        self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % self.window_size or w % self.window_size:
+            raise ValueError(f"MSHAT: input {h}x{w} is not a multiple of the window {self.window_size} (pad first)")
+        mask = shifted_window_mask((h, w), self.window_size, self.shift_size, device=x.device) \
+            if self.shifts else None
+        params = {"attn_mask": mask, "rpi_sa": self.relative_position_index_SA,
+                  "rpi_oca": self.relative_position_index_OCA}
+        t = self.patch_embed(x)
+        if self.ape:
+            t = t + self.absolute_pos_embed
+        t = self.pos_drop(t)
+        for layer in self.layers:
+            t = layer(t, (h, w), params)
+        return patch_unembed(self.norm(t), (h, w))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.mean.to(x.dtype)  # type: ignore[operator]
+        x = self.conv_first((x - mean) * self.img_range)
+        x = self.conv_before_upsample(self.conv_after_body(self.forward_features(x)) + x)
+        # upstream also computes conv_last(upsample_1x(x)) and conv_last(upsample_2x(x)) and throws them away
+        return self.conv_last(self.upsample(x)) / self.img_range + mean
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # descriptors
 
 
@@ -478,6 +585,67 @@ def _detect_dat(sd: StateDict) -> dict[str, Any] | None:
     return kw if same_keys_and_shapes(lambda: DAT(**kw), sd) else None
 
 
+def _describe_mshat(kw: dict[str, Any]) -> ArchSpec:
+    return ArchSpec(
+        id="mshat",
+        family="DAT",
+        upstream_class="MSHAT",
+        tasks=("upscale",),
+        scale=int(kw["upscale"]),
+        in_channels=int(kw["in_chans"]),
+        out_channels=int(kw["in_chans"]),
+        min_size=int(kw["window_size"]),
+        multiple_of=int(kw["window_size"]),  # no padding inside (upstream): the engine pads
+        fp16=True,
+        bf16=True,
+        channels_last=False,
+        tiling="global",  # the channel attention of every CAB pools the whole map
+        context=4 * int(kw["window_size"]),
+        code_license="unspecified (NTIRE team15_BBox code in korvin2000/arch_research, GPL-3.0 collection)",
+    )
+
+
+def _detect_mshat(sd: StateDict) -> dict[str, Any] | None:
+    """HAT's layout plus the `upsample_2x` head that only MSHAT has: widths, depths, heads, window (index buffer),
+    overlap (OCA index), CAB compression and squeeze (conv shapes), expansion, residual connection, scale. Not
+    stored: img_size (64, as the published config), conv_scale (0.01)."""
+    if "upsample_2x.0.weight" not in sd or "relative_position_index_OCA" not in sd or "conv_first.weight" not in sd:
+        return None
+    embed_dim, in_chans = (int(s) for s in sd["conv_first.weight"].shape[:2])
+    window = math.isqrt(int(sd["relative_position_index_SA"].shape[0]))
+    overlap_win = math.isqrt(int(sd["relative_position_index_OCA"].shape[1]))
+    n_layers = count_indexed(sd, "layers.{}.residual_group.blocks.0.norm1.weight")
+    blk = "layers.0.residual_group.blocks.0."
+    cab_mid = int(sd[blk + "conv_block.cab.0.weight"].shape[0])
+    squeeze_mid = int(sd[blk + "conv_block.cab.3.attention.1.weight"].shape[0])
+    hidden = int(sd[blk + "mlp.fc1.weight"].shape[0])
+    num_feat = int(sd["conv_before_upsample.0.weight"].shape[0])
+    convs = [k for k in sd if k.startswith("upsample.") and k.endswith(".weight")]
+    first = int(sd["upsample.0.weight"].shape[0]) if "upsample.0.weight" in sd else 0
+    kw: dict[str, Any] = {
+        "in_chans": in_chans,
+        "embed_dim": embed_dim,
+        "depths": [count_indexed(sd, f"layers.{i}.residual_group.blocks.{{}}.norm1.weight") for i in range(n_layers)],
+        "num_heads": [int(sd[f"layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table"].shape[1])
+                      for i in range(n_layers)],
+        "window_size": window,
+        "compress_ratio": embed_dim // cab_mid if cab_mid else 3,
+        "squeeze_factor": embed_dim // squeeze_mid if squeeze_mid else 30,
+        "overlap_ratio": (overlap_win - window) / window,
+        "mlp_ratio": ratio_for(hidden, embed_dim),
+        "qkv_bias": blk + "attn.qkv.bias" in sd,
+        "ape": "absolute_pos_embed" in sd,
+        "patch_norm": "patch_embed.norm.weight" in sd,
+        "upscale": 3 if first == 9 * num_feat else 2 ** len(convs),
+        "upsampler": "pixelshuffle",
+        "resi_connection": "1conv" if "conv_after_body.weight" in sd else "identity",
+    }
+    if kw["ape"]:
+        kw["img_size"] = math.isqrt(int(sd["absolute_pos_embed"].shape[1]))
+    return kw if same_keys_and_shapes(lambda: MSHAT(**kw), sd) else None
+
+
 ARCHS: tuple[ArchEntry, ...] = (
     ArchEntry(id="dat", family="DAT", cls=DAT, describe=_describe_dat, detect=_detect_dat),
+    ArchEntry(id="mshat", family="DAT", cls=MSHAT, describe=_describe_mshat, detect=_detect_mshat),
 )

@@ -111,3 +111,39 @@ def test_dat_descriptor() -> None:
     spec = archs.spec("dat", upscale=2, split_size=[8, 32])
     assert (spec.scale, spec.tiling, spec.multiple_of, spec.fp16, spec.bf16) == (2, "global", 1, False, True)
     assert spec.context == 128
+
+
+# ------------------------------------------------------------------------------------------------------------ MSHAT
+
+MSHAT_KW: dict[str, Any] = {"img_size": 16, "embed_dim": 16, "depths": [2, 1], "num_heads": [2, 2], "window_size": 4,
+                            "squeeze_factor": 4, "mlp_ratio": 2.0, "upscale": 2, "upsampler": "pixelshuffle"}
+
+
+def test_mshat_extra_heads_do_not_touch_the_output() -> None:
+    torch.manual_seed(0)
+    model = archs.build("mshat", **MSHAT_KW).eval()
+    x = torch.rand(1, 3, 8, 12)
+    with torch.no_grad():
+        before = model(x)
+        model.upsample_2x[0].weight.mul_(3.0)
+        assert torch.equal(model(x), before)
+    assert before.shape == (1, 3, 16, 24)
+    with pytest.raises(ValueError, match="multiple of the window"):
+        model(x[..., :7, :])
+
+
+@pytest.mark.parametrize("kwargs", [MSHAT_KW, {**MSHAT_KW, "upscale": 3, "resi_connection": "identity",
+                                               "compress_ratio": 4, "window_size": 8}])
+def test_mshat_detector_round_trip(kwargs: dict[str, Any]) -> None:
+    got = _round_trip("mshat", kwargs)
+    want = archs.entry("mshat").full_kwargs(kwargs)
+    for k in ("embed_dim", "depths", "num_heads", "window_size", "upscale", "resi_connection", "compress_ratio",
+              "squeeze_factor", "overlap_ratio"):
+        assert got[k] == want[k], k
+
+
+def test_mshat_descriptor_and_refusals() -> None:
+    spec = archs.spec("mshat", upsampler="pixelshuffle", window_size=16, upscale=4)
+    assert (spec.scale, spec.multiple_of, spec.tiling) == (4, 16, "global")
+    with pytest.raises(ValueError, match="pixelshuffle"):
+        archs.build("mshat")
