@@ -367,7 +367,10 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
     num_topk is not stored: the published schedule for this total depth (PFT 30 layers, PFT-light 24), else all
     dense."""
     key = "layers.0.residual_group.layers.0.attn_win.relative_position_bias_table"
-    if "conv_first.weight" not in sd or key not in sd or "relative_position_index_SA" not in sd:
+    needed = (key, "conv_first.weight", "relative_position_index_SA", "layers.0.residual_group.layers.0.wqkv.weight",
+              "layers.0.residual_group.layers.0.v_LePE.depthwise_conv.0.weight",
+              "layers.0.residual_group.layers.0.convffn.fc1.weight")
+    if any(k not in sd for k in needed):
         return None
     embed_dim, in_chans = (int(s) for s in sd["conv_first.weight"].shape[:2])
     n_layers = count_indexed(sd, "layers.{}.residual_group.layers.0.norm1.weight")
