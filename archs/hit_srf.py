@@ -122,7 +122,10 @@ class SCC(nn.Module):
         b, heads, _, c = v.shape
         (wh, ww), (bh, bw) = self.window_size, self.base_win_size
         v = v.view(b, heads, bh, wh // bh, bw, ww // bw, c).permute(0, 1, 2, 4, 6, 3, 5)
-        return self.spatial_linear(v.reshape(b, heads, bh * bw, c, -1)).view(b, heads, bh * bw, c)
+        lin = self.spatial_linear
+        bias = None if lin.bias is None else lin.bias.to(v.dtype)
+        pooled = F.linear(v.reshape(b, heads, bh * bw, c, -1), lin.weight.to(v.dtype), bias)
+        return pooled.view(b, heads, bh * bw, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, c, h, w = x.shape
@@ -131,16 +134,22 @@ class SCC(nn.Module):
         bw_, n, _ = qv.shape
         heads = self.num_heads
         q, v = qv.view(bw_, n, 2, heads, c // (2 * heads)).permute(2, 0, 3, 1, 4).unbind(0)  # (B', heads, L, c')
+        # Both correlations are unnormalised sums (no softmax): in float32 (and so is the returned map), so
+        # half-precision models neither overflow (fp16) nor lose the result to rounding (bf16).
+        q, v = q.float(), v.float()
         # spatial self-correlation against v pooled to the base window
         pooled = self._pool(v)
-        corr = (q @ pooled.transpose(-2, -1)) / self.scale + self._bias(x.device, x.dtype).unsqueeze(0)
+        corr = (q @ pooled.transpose(-2, -1)) / self.scale + self._bias(x.device, torch.float32).unsqueeze(0)
         spatial = (corr @ pooled).transpose(1, 2).reshape(bw_, n, c // 2)
         # channel self-correlation over the window's tokens
         qc, vc = q.transpose(1, 2).reshape(bw_, n, c // 2), v.transpose(1, 2).reshape(bw_, n, c // 2)
         channel = ((qc.transpose(-2, -1) @ vc) / n @ vc.transpose(-2, -1)).transpose(1, 2)
         out = torch.cat([window_reverse(spatial.view(-1, *win, c // 2), win, h, w),
                          window_reverse(channel.reshape(-1, *win, c // 2), win, h, w)], -1)
-        return self.proj(out)  # (B, H, W, C)
+        # the projection stays in float32 too: its output is unnormalised (the block's post-norm follows) and can
+        # leave the half range
+        proj = self.proj
+        return F.linear(out, proj.weight.float(), None if proj.bias is None else proj.bias.float())  # (B, H, W, C)
 
 
 class ConvFFN(nn.Module):
@@ -183,8 +192,10 @@ class HierarchicalTransformerBlock(nn.Module):
         h, w = x_size
         b, n, c = x.shape
         padded = reflect_pad_to(x.transpose(1, 2).reshape(b, c, h, w), self.window_size)
-        y = self.correlation(padded)[:, :h, :w].reshape(b, n, c)
-        x = x + self.drop_path(self.norm1(y))
+        y = self.correlation(padded)[:, :h, :w].reshape(b, n, c)  # float32
+        n1 = self.norm1
+        y = F.layer_norm(y, n1.normalized_shape, n1.weight.float(), n1.bias.float(), n1.eps).to(x.dtype)
+        x = x + self.drop_path(y)
         return x + self.drop_path(self.norm2(self.mlp(x, x_size)))
 
 

@@ -20,7 +20,8 @@ upstream's mirror concatenation (x then flip(x)) to the window multiple, repeate
 
 Differences from upstream, none changing float32 outputs: `mean` is a non-persistent buffer; `norm_layer`/`act_layer`
 are not arguments; nothing is done in place (upstream's in-place softmax is an eval-only memory saving);
-unknown `upsampler`/`resi_connection` values are errors. Windows are anchored at the padded image origin and the
+unknown `upsampler`/`resi_connection` values are errors; half-precision models keep the attention maps and their
+focusing in float32. Windows are anchored at the padded image origin and the
 attention map travels through the whole network: tiling "global".
 """
 
@@ -132,7 +133,9 @@ class WindowAttention(nn.Module):
                 attn = (attn.view(b_ // nw, nw, heads, n, n) + mask.to(attn.dtype).unsqueeze(1)).view(b_, heads, n, n)
         else:
             attn = smm_qmk(q, k, index) + torch.gather(bias.expand(b_, heads, n, n), -1, index)
-        attn = attn.softmax(dim=-1)
+        # the focusing (softmax, product with the previous map, eps 1e-20 renormalisation, top-k) runs in float32:
+        # in half precision eps is 0 and the products underflow to all-zero rows
+        attn = attn.float().softmax(dim=-1)
         prev = values[shift]
         if prev is not None:
             attn = attn * prev + _EPS
@@ -142,7 +145,8 @@ class WindowAttention(nn.Module):
             index = top if index is None else torch.gather(index, -1, top)
             indices[shift] = index
         values[shift] = attn
-        out = attn @ v if index is None else smm_amv(attn, v, index)
+        weights = attn.to(v.dtype)
+        out = weights @ v if index is None else smm_amv(weights, v, index)
         return self.proj((out + v_lepe).transpose(1, 2).reshape(b_, n, c))
 
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 import archs
 from archs.hit_srf import reflect_pad_to
-from tests.goldens import rel_l2
+from tests.conftest import GOLDEN
+from tests.goldens import load_golden, rel_l2
 
 
 def _upstream_pad(x: torch.Tensor, win: tuple[int, int]) -> torch.Tensor:
@@ -95,3 +96,16 @@ def test_refuses_what_cannot_run() -> None:
 def test_descriptor() -> None:
     spec = archs.spec("hit_srf")
     assert (spec.scale, spec.tiling, spec.multiple_of, spec.context) == (4, "global", 1, 64)
+
+
+def test_half_precision_keeps_the_correlations_in_float32() -> None:
+    """The golden's weights make the correlation's output leave the fp16 range (6.6e5 before the post-norm): the
+    correlations, their projection and norm1 run in float32, so half-precision output stays finite."""
+    model, t, _ = load_golden(GOLDEN / "HIT_SRF__e16_d666_h2_bw4_x4_direct.safetensors")  # skips when absent
+    x = t["input"][..., :12, :16]
+    try:
+        with torch.no_grad():
+            out = model.half()(x.half())
+    finally:
+        model.float()
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()

@@ -96,3 +96,14 @@ def test_refuses_what_cannot_run() -> None:
 def test_descriptor() -> None:
     spec = archs.spec("pft", upsampler="pixelshuffle", upscale=4, window_size=32)
     assert (spec.scale, spec.tiling, spec.multiple_of, spec.context) == (4, "global", 1, 64)
+
+
+def test_half_precision_focusing_stays_finite() -> None:
+    torch.manual_seed(0)
+    model = archs.build("pft", embed_dim=16, depths=[2, 2], num_heads=2, num_topk=[16, 16, 6, 6], window_size=4,
+                        upsampler="pixelshuffledirect", upscale=2).eval()
+    x = torch.rand(1, 3, 8, 12)
+    with torch.no_grad():
+        ref = model(x)
+        half = model.half()(x.half()).float()
+    assert torch.isfinite(half).all() and rel_l2(half, ref) < 0.05
