@@ -106,19 +106,17 @@ def block_window(resolution: tuple[int, int] | list[int], window_size: int, shif
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None,
            scale: float) -> torch.Tensor:
     """softmax(q k^T * scale + bias (+ mask)) v for windows (B * nW, heads, N, d); bias (heads, Nq, Nk), mask
-    (nW, Nq, Nk) repeating over the batch."""
+    (nW, Nq, Nk) repeating over the batch. Calls stay 4-D (one per image when masked) so the fused kernels apply."""
     bias = bias.to(q.dtype)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     nw = mask.shape[0]
-    bw, heads, n, _ = q.shape
     full = bias.unsqueeze(0) + mask.to(q.dtype).unsqueeze(1)  # (nW, heads, Nq, Nk)
-
-    def split(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(bw // nw, nw, heads, t.shape[-2], t.shape[-1])
-
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=full, scale=scale)
-    return out.reshape(bw, heads, n, v.shape[-1])
+    if q.shape[0] == nw:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=full, scale=scale)
+    outs = [F.scaled_dot_product_attention(q[i:i + nw], k[i:i + nw], v[i:i + nw], attn_mask=full, scale=scale)
+            for i in range(0, q.shape[0], nw)]
+    return torch.cat(outs)
 
 
 class WindowAttention(nn.Module):
@@ -177,7 +175,8 @@ def shifted_window_attention(x: torch.Tensor, attn: nn.Module, window: int, shif
 
 def oca_relative_position_index(window_size: int, overlap_window: int) -> torch.Tensor:
     """(ws*ws, ows*ows) rows of OCAB's bias table, (ws + ows - 1)**2 rows: query in a ws window, key in the
-    ows window centred on it (HAT's `calculate_rpi_oca`)."""
+    ows window centred on it, exactly as HAT's `calculate_rpi_oca` (whose offset leaves some rows negative: table
+    indexing wraps them, and checkpoints store the buffer, so the values stay as upstream made them)."""
     def coords(n: int) -> torch.Tensor:
         ys, xs = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
         return torch.stack([ys.flatten(), xs.flatten()])
