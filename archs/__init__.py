@@ -17,6 +17,7 @@ _FAMILY_MODULES: list[str] = [
     "camixersr", "spanc", "promptir", "moceir", "sfhformer", "gfisrv2", "rha", "hifacegan", "adarevid",
     "convmambasr", "restore_rwkv", "dswinir", "stylegan2",
     "hat", "drct", "atd", "hma",
+    "dat", "osrt", "hit_srf", "pft", "grl",
 ]
 
 _ENTRIES: dict[str, ArchEntry] = {}

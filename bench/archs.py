@@ -1,6 +1,6 @@
 """Milliseconds per megapixel for every registered family, in each precision it supports, channels_last on/off.
 
-Each family runs its official configuration (the first *.keys.json manifest of the family in the golden folder,
+Each family runs its official configuration (the first *.keys.json(.xz) manifest of the family in the golden folder,
 else the constructor defaults) with random weights on a 256x256 input (512x512 for face models; a latent for
 generators), batch 1, eager. A row also records whether the output was finite.
 

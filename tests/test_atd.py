@@ -10,7 +10,7 @@ import torch
 import archs
 from archs.atd import AC_MSA, ATD
 from tests.conftest import GOLDEN
-from tests.goldens import read_golden, recipe_state_dict, rel_l2
+from tests.util import read_golden, recipe_state_dict, rel_l2
 
 NAME = "ATD__e16_d222_h2_w4_t8_x4.safetensors"
 

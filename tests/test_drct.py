@@ -13,7 +13,7 @@ import archs
 from archs.drct import DRCT
 from archs.layers.swin import WindowAttention
 from tests.conftest import GOLDEN
-from tests.goldens import load_golden, read_golden, recipe_state_dict, rel_l2
+from tests.util import load_golden, read_golden, recipe_state_dict, rel_l2
 
 NAME = "DRCT__e16_rdg3_h2_w4_gc8_x4.safetensors"
 

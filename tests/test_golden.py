@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 import archs
 from tests.conftest import GOLDEN
-from tests.util import read_golden, recipe_state_dict, rel_l2
+from tests.util import golden_inputs, read_golden, recipe_state_dict, rel_l2
 
 if not GOLDEN.is_dir():
     pytest.skip(f"golden folder {GOLDEN} not found", allow_module_level=True)
@@ -62,7 +62,7 @@ def test_golden_output(path: Path) -> None:
     model.load_state_dict(sd, strict=True)
     model.eval()
     with torch.no_grad():
-        out = model(t["input"])
+        out = model(*golden_inputs(t, meta))
     tol = float(meta.get("tolerance", "1e-4"))
     err = rel_l2(out, t["output"])
     assert out.shape == t["output"].shape

@@ -14,7 +14,7 @@ import torch
 import archs
 from archs.hat import HATIQCMix, image_statistics
 from tests.conftest import GOLDEN
-from tests.goldens import load_golden, read_golden, recipe_state_dict
+from tests.util import load_golden, read_golden, recipe_state_dict
 
 IQC = "HAT__iqcmix_e16_d1x12_h2_w4_x4.safetensors"
 TINY: dict[str, Any] = {"img_size": 8, "embed_dim": 8, "depths": [1] * 11, "num_heads": [2] * 11, "window_size": 4,

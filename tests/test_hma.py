@@ -11,7 +11,7 @@ import torch
 import archs
 from archs.hma import grid_shuffle, grid_unshuffle
 from tests.conftest import GOLDEN
-from tests.goldens import read_golden, recipe_state_dict
+from tests.util import read_golden, recipe_state_dict
 
 NAME = "HMA__e16_d222_h2_w4_i2_x4.safetensors"
 

@@ -24,6 +24,9 @@ Module map (public names):
 * `restormer`: MDTA `Attention`, `channel_attention`, GDFN `FeedForward`, `TransformerBlock`, `transformer_stage`,
   `OverlapPatchEmbed`, `Downsample`, `Upsample`, the U-Net skeleton `RestormerUNet`, `unet_radius`,
   `GLOBAL_CONTEXT_CAP`, `ffn_factor`.
+* `deform`: modulated deformable convolution `deform_conv2d` (torchvision's where it loads, else
+  `deform_conv2d_reference`, the same arithmetic in PyTorch), BasicSR's `DCNv2Pack` and `flow_warp` (OSRT).
+* `posbias`: `DynamicPosBias` (CrossFormer's MLP position bias: DAT, HiT-SRF) and its `offset_table`.
 * `kernel_prior`: UFPNet's kernel estimator `code_extra_mean_var`, flow prior `KernelPrior`, `kernel_maps` (both,
   as image-shaped maps), `kernel_attention`, `NAFBlock_kernel`, `FLOW_KERNEL_SIZE`.
 * `swin`: the SwinIR/HAT line's blocks: `Mlp`, `ChannelAttention`, `CAB`, `PatchEmbed`, `patch_unembed`,
