@@ -24,10 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.goldens import read_golden, recipe_state_dict, rel_l2
+
 import archs
 from bench.common import environment, write_results
 from restore_cli.engine.runner import Runner
-from tests.goldens import read_golden, recipe_state_dict, rel_l2
 
 FAMILIES = ("HAT", "DRCT", "ATD", "HMA")
 HEAVY = {"HAT": "HAT__team18_hatl_x4", "HATM": "HAT__team18_hatm_x4", "HATIQCMix": "HAT__team18_iqcmix_x4",
