@@ -41,8 +41,9 @@ class ArchSpec:
     tiling: TilingHint = "safe"
     context: int = 16
     code_license: str = ""
-    # "image": image-to-image (everything the engine runs); "latent": a generator whose input is a style code.
-    input_kind: Literal["image", "latent"] = "image"
+    # "image": image-to-image (everything the engine runs); "latent": a generator whose input is a style code;
+    # "unsupported": weights load and are detected, but the model cannot run (upstream's forward is broken).
+    input_kind: Literal["image", "latent", "unsupported"] = "image"
 
 
 @dataclass(frozen=True)
