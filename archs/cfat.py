@@ -41,7 +41,7 @@ from .layers.drop import DropPath
 from .layers.padding import pad_to_multiple
 from .layers.upsample import Upsample
 from .layers.window import relative_position_index, window_partition, window_reverse
-from .layers.window_attention import Mlp, WindowAttention, window_sdpa
+from .layers.window_attention import Mlp, PatchEmbed, WindowAttention, window_sdpa
 from .spec import ArchEntry, ArchSpec, StateDict
 
 __all__ = ["ARCHS", "CFAT"]
@@ -270,18 +270,6 @@ class RHAG(nn.Module):
         b, _, c = y.shape
         y = self.conv(y.transpose(1, 2).reshape(b, c, *size))
         return y.flatten(2).transpose(1, 2) + x
-
-
-class PatchEmbed(nn.Module):
-    """Tokens of a map (patch_size only sets the nominal resolution, as upstream), optional LayerNorm."""
-
-    def __init__(self, embed_dim: int, norm: bool) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(embed_dim) if norm else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(2).transpose(1, 2)
-        return self.norm(x) if self.norm is not None else x
 
 
 class CFAT(nn.Module):

@@ -15,7 +15,7 @@ from torch import nn
 
 from .window import _pair, relative_position_bias, relative_position_index
 
-__all__ = ["Mlp", "WindowAttention", "window_sdpa"]
+__all__ = ["Mlp", "PatchEmbed", "WindowAttention", "window_sdpa"]
 
 
 def window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None,
@@ -78,3 +78,16 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+
+class PatchEmbed(nn.Module):
+    """SwinIR's patch embedding at patch size 1: (B, C, H, W) -> (B, H * W, C) tokens, then the optional LayerNorm
+    (key `patch_embed.norm`)."""
+
+    def __init__(self, embed_dim: int, norm: bool = True) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dim) if norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(2).transpose(1, 2)
+        return self.norm(x) if self.norm is not None else x
