@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,12 @@ MANIFESTS = sorted(p for p in [*GOLDEN.glob("*.keys.json"), *GOLDEN.glob("*.keys
                    if _known(read_manifest(p)["class"]))
 
 
+def _extra_args(meta: dict[str, str]) -> tuple[torch.Tensor, ...]:
+    """A literal second argument of the golden's call, e.g. OAPT's `forward(x, torch.tensor([[3.0, 5.0]]))`."""
+    m = re.fullmatch(r"forward\(x, torch\.tensor\((.+)\)\)", meta.get("call", ""))
+    return (torch.tensor(json.loads(m.group(1))),) if m else ()
+
+
 @pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.name)
 def test_golden_output(path: Path) -> None:
     t, meta = read_golden(path)
@@ -61,7 +68,7 @@ def test_golden_output(path: Path) -> None:
     model.load_state_dict(sd, strict=True)
     model.eval()
     with torch.no_grad():
-        out = model(t["input"])
+        out = model(t["input"], *_extra_args(meta))
     tol = float(meta.get("tolerance", "1e-4"))
     err = rel_l2(out, t["output"])
     assert out.shape == t["output"].shape
