@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import os
 import sys
 from pathlib import Path
@@ -28,13 +29,18 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def configs(golden: Path) -> list[tuple[str, str, dict]]:
     """(label, arch, kwargs): one official configuration per registered family."""
     seen: dict[str, tuple[str, str, dict]] = {}
-    for path in sorted(golden.glob("*.keys.json")):
-        doc = json.loads(path.read_text())
+    for path in sorted([*golden.glob("*.keys.json"), *golden.glob("*.keys.json.xz")]):
+        if path.suffix == ".xz":
+            with lzma.open(path, "rt") as f:
+                doc = json.load(f)
+        else:
+            doc = json.loads(path.read_text())
         try:
             entry = archs.entry(doc["class"])
         except KeyError:
             continue
-        seen.setdefault(entry.family, (path.name.removesuffix(".keys.json"), doc["class"], doc["kwargs"]))
+        label = path.name.removesuffix(".xz").removesuffix(".keys.json")
+        seen.setdefault(entry.family, (label, doc["class"], doc["kwargs"]))
     for name in archs.names():
         entry = archs.entry(name)
         if entry.family not in seen and entry.local_variant is None:

@@ -119,8 +119,14 @@ def _buildable_kwargs(name: str) -> dict | None:
         return {}
     except (ValueError, TypeError):
         cls = archs.entry(name).cls.__name__
-        for path in sorted(GOLDEN.glob("*.keys.json")):
-            doc = json.loads(path.read_text())
+        for path in sorted([*GOLDEN.glob("*.keys.json"), *GOLDEN.glob("*.keys.json.xz")]):
+            if path.suffix == ".xz":
+                import lzma
+
+                with lzma.open(path, "rt") as f:
+                    doc = json.load(f)
+            else:
+                doc = json.loads(path.read_text())
             if doc["class"] == cls:
                 return doc["kwargs"]
     return None
