@@ -327,7 +327,10 @@ class CFAT(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         ws = self.window_size
-        masks = {s: shift_mask((h, w), ws, s).to(x.device, x.dtype) for s in _MASKED_SHIFTS if s < min(h, w)}
+        # only dense blocks apply a shift mask (see the module docstring); build the ones they use
+        used = {blk.shift_size for layer in self.layers for blk in layer.residual_group.blocks
+                if blk.shift_size and not blk.interval}
+        masks = {s: shift_mask((h, w), ws, s).to(x.device, x.dtype) for s in sorted(used)}
         params = {"rpi_sa": self.relative_position_index_SA, "rpi_oca": self.relative_position_index_OCA,
                   "masks": masks}
         t = self.patch_embed(x)
