@@ -9,6 +9,7 @@ import torch
 
 import archs
 from archs import esrganplus
+from restore_cli import loading
 
 SMALL: dict[str, Any] = {"nf": 8, "nb": 2}
 
@@ -79,3 +80,14 @@ def test_tiles_with_the_context_margin_are_exact() -> None:
     core = 2 * (40 - margin)
     assert (left[..., :core] - whole[..., :core]).abs().max() < 1e-5
     assert esrganplus._detect({}) is None
+
+
+def test_checkpoint_keys_survive_the_loader() -> None:
+    """`model.` is ESRGAN's own top-level Sequential, not a wrapper prefix: the loader keeps it (and still strips
+    real wrappers around it)."""
+    torch.manual_seed(0)
+    sd = archs.build("esrganplus", **SMALL).state_dict()
+    for raw in (sd, {"params": {f"module.{k}": v for k, v in sd.items()}}):
+        got = loading.canonicalize(raw)
+        assert set(got) == set(sd)
+        assert loading.build_from_state_dict(got, where="w.pth").arch_id == "esrganplus"
