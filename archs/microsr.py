@@ -8,9 +8,9 @@ and MLP ratio 1 for the last two; the group returns adjust5(...) * 0.2 + x. Atte
 (no double scaling). `depths` only sets the stochastic-depth schedule (always five blocks per group), and
 `compress_ratio`, `squeeze_factor`, `conv_scale`, `overlap_ratio` are accepted and unused, as upstream.
 
-The layout and the parameter counts equal DRCT's (ming053l/DRCT): a checkpoint cannot say which of the two it is.
-Our detector claims it for MicroSR; where a DRCT detector is registered too, loading such a file is an ambiguity
-error and the architecture has to be named (both compute the same on window-multiple inputs).
+The layout, the parameter counts and the maths equal DRCT's (ming053l/DRCT, `drct/arch.py`; this module reproduces
+the DRCT golden too), so a checkpoint cannot say which of the two it is, and it does not matter: the registry leaves
+detection to the DRCT family (no detector here) and `--arch MicroSR` / `archs.build("MicroSR")` name this class.
 
 Upstream pads nothing (H and W must be multiples of window_size; the team's script mirror-pads by hand) and only
 its "pixelshuffle" head runs: other `upsampler` values give a model whose forward returns the input, which we refuse.
@@ -231,6 +231,9 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
     return rebuilds(MicroSR, kw, sd)
 
 
+# No detector in the registry: MicroSR checkpoints are DRCT checkpoints, detected (and computed identically) by the
+# DRCT family; claiming them here too would make every DRCT file ambiguous. `_detect` reads the layout for callers
+# that know a file is MicroSR (and for the tests).
 ARCHS: tuple[ArchEntry, ...] = (
-    ArchEntry(id="microsr", family="MicroSR", cls=MicroSR, describe=_describe, detect=_detect),
+    ArchEntry(id="microsr", family="MicroSR", cls=MicroSR, describe=_describe, detect=None),
 )

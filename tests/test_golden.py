@@ -49,6 +49,14 @@ MANIFESTS = sorted(p for p in [*GOLDEN.glob("*.keys.json"), *GOLDEN.glob("*.keys
                    if _known(read_manifest(p)["class"]))
 
 
+# Published layouts another family shares exactly (keys and shapes cannot tell them apart), pinned so that a new
+# overlap is a decision. AMBIGUOUS: both detectors claim it and loading asks for the architecture (different maths:
+# CFAT's triangular and sparse windows on HAT's weights). DETECTED_AS: the family has no detector of its own; its
+# checkpoints are detected as the other, which computes the same (MicroSR is DRCT: tests/test_microsr.py).
+AMBIGUOUS: dict[str, str] = {"CFAT": "hat"}
+DETECTED_AS: dict[str, str] = {"MicroSR": "drct"}
+
+
 def _extra_args(meta: dict[str, str]) -> tuple[torch.Tensor, ...]:
     """A literal second argument of the golden's call, e.g. OAPT's `forward(x, torch.tensor([[3.0, 5.0]]))`."""
     m = re.fullmatch(r"forward\(x, torch\.tensor\((.+)\)\)", meta.get("call", ""))
@@ -96,9 +104,22 @@ def test_manifest_keys_and_detection(path: Path) -> None:
 
     sd = {k: torch.empty(v, device="meta") for k, v in want.items()}
     found = archs.detect(sd)
-    assert len(found) == 1, f"detectors matched {[n for n, _ in found]}"
-    name, detected = found[0]
-    assert archs.entry(doc["class"]).family == archs.entry(name).family
+    family = path.name.split("__")[0]
+    own = archs.entry(doc["class"]).id
+    if family in DETECTED_AS:
+        other = DETECTED_AS[family]
+        if other not in archs.names():
+            pytest.skip(f"{family} checkpoints are detected as {other}, which this tree does not have")
+        assert [n for n, _ in found] == [other]
+        name, detected = found[0]
+    elif family in AMBIGUOUS and AMBIGUOUS[family] in archs.names():
+        # both detectors claim it: the loader reports the ambiguity and the user names the architecture
+        assert sorted(n for n, _ in found) == sorted([own, AMBIGUOUS[family]])
+        name, detected = next(f for f in found if f[0] == own)
+    else:
+        assert len(found) == 1, f"detectors matched {[n for n, _ in found]}"
+        name, detected = found[0]
+        assert archs.entry(doc["class"]).family == archs.entry(name).family
     with torch.device("meta"):
         rebuilt = archs.build(name, **detected)
     assert {k: list(v.shape) for k, v in rebuilt.state_dict().items()} == want
