@@ -14,6 +14,7 @@ import archs
 from archs import cfat
 from archs.layers.window import shifted_window_mask
 from tests.conftest import GOLDEN
+from tests.goldens import expected_detections
 
 TINY: dict[str, Any] = {"embed_dim": 8, "depths": [2, 2], "num_heads": [2, 2], "window_size": 4, "shift_size": [0, 8],
                         "interval": [0, 2], "squeeze_factor": 4, "img_size": 16, "upscale": 2, "conv_scale": 1.0}
@@ -67,9 +68,9 @@ def test_detector_round_trip(kwargs: dict[str, Any]) -> None:
     with torch.device("meta"):
         sd = archs.build("cfat", **kwargs).state_dict()
     found = archs.detect(sd)
-    assert [n for n, _ in found] == ["cfat"]
+    assert sorted(n for n, _ in found) == expected_detections("cfat")  # HAT claims it too where registered
     full = archs.entry("cfat").full_kwargs
-    want, got = full(kwargs), full(found[0][1])
+    want, got = full(kwargs), full(next(kw for n, kw in found if n == "cfat"))
     want["interval"] = got["interval"] = [0, 2] * 2  # only the sparse groups' entries matter (defaults)
     def norm(d: dict[str, Any]) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
@@ -87,3 +88,16 @@ def test_hat_layouts_are_not_claimed() -> None:
         with lzma.open(path, "rt") as f:
             doc = json.load(f)
         assert cfat._detect({k: torch.empty(v, device="meta") for k, v in doc["state_dict"].items()}) is None
+
+
+def test_cfat_layout_is_an_ambiguity_where_hat_is_registered() -> None:
+    from restore_cli import loading
+    from restore_cli.errors import WeightsError
+
+    with torch.device("meta"):
+        sd = archs.build("cfat", **{**TINY, "depths": [8, 8], "shift_size": [0] * 8}).state_dict()
+    if "hat" not in archs.names():
+        assert [n for n, _ in archs.detect(sd)] == ["cfat"]
+        return
+    with pytest.raises(WeightsError, match="ambiguous"):
+        loading.detect_arch(sd, where="w.pth")

@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 import archs
 from tests.conftest import GOLDEN
-from tests.goldens import read_golden, recipe_state_dict, rel_l2
+from tests.goldens import DETECTED_AS, expected_detections, read_golden, recipe_state_dict, rel_l2
 
 if not GOLDEN.is_dir():
     pytest.skip(f"golden folder {GOLDEN} not found", allow_module_level=True)
@@ -47,14 +47,6 @@ def read_manifest(path: Path) -> dict:
 
 MANIFESTS = sorted(p for p in [*GOLDEN.glob("*.keys.json"), *GOLDEN.glob("*.keys.json.xz")]
                    if _known(read_manifest(p)["class"]))
-
-
-# Published layouts another family shares exactly (keys and shapes cannot tell them apart), pinned so that a new
-# overlap is a decision. AMBIGUOUS: both detectors claim it and loading asks for the architecture (different maths:
-# CFAT's triangular and sparse windows on HAT's weights). DETECTED_AS: the family has no detector of its own; its
-# checkpoints are detected as the other, which computes the same (MicroSR is DRCT: tests/test_microsr.py).
-AMBIGUOUS: dict[str, str] = {"CFAT": "hat"}
-DETECTED_AS: dict[str, str] = {"MicroSR": "drct"}
 
 
 def _extra_args(meta: dict[str, str]) -> tuple[torch.Tensor, ...]:
@@ -104,21 +96,14 @@ def test_manifest_keys_and_detection(path: Path) -> None:
 
     sd = {k: torch.empty(v, device="meta") for k, v in want.items()}
     found = archs.detect(sd)
-    family = path.name.split("__")[0]
     own = archs.entry(doc["class"]).id
-    if family in DETECTED_AS:
-        other = DETECTED_AS[family]
-        if other not in archs.names():
-            pytest.skip(f"{family} checkpoints are detected as {other}, which this tree does not have")
-        assert [n for n, _ in found] == [other]
-        name, detected = found[0]
-    elif family in AMBIGUOUS and AMBIGUOUS[family] in archs.names():
-        # both detectors claim it: the loader reports the ambiguity and the user names the architecture
-        assert sorted(n for n, _ in found) == sorted([own, AMBIGUOUS[family]])
-        name, detected = next(f for f in found if f[0] == own)
-    else:
-        assert len(found) == 1, f"detectors matched {[n for n, _ in found]}"
-        name, detected = found[0]
+    expected = expected_detections(own)
+    if expected is None:
+        pytest.skip(f"{own} checkpoints are detected as {DETECTED_AS[own]}, which this tree does not have")
+    # shared layouts (tests/goldens.py): an ambiguity the loader reports, or detection as an identical family
+    assert sorted(n for n, _ in found) == expected, f"detectors matched {[n for n, _ in found]}"
+    name, detected = next((f for f in found if f[0] == own), found[0])
+    if own not in DETECTED_AS:
         assert archs.entry(doc["class"]).family == archs.entry(name).family
     with torch.device("meta"):
         rebuilt = archs.build(name, **detected)
