@@ -39,8 +39,7 @@ def configs(golden: Path) -> list[tuple[str, str, dict]]:
             entry = archs.entry(doc["class"])
         except KeyError:
             continue
-        label = path.name.removesuffix(".xz").removesuffix(".keys.json")
-        seen.setdefault(entry.family, (label, doc["class"], doc["kwargs"]))
+        seen.setdefault(entry.family, (path.name.split(".keys.json")[0], doc["class"], doc["kwargs"]))
     for name in archs.names():
         entry = archs.entry(name)
         if entry.family not in seen and entry.local_variant is None:

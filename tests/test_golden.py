@@ -7,6 +7,7 @@ import json
 import lzma
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -37,8 +38,8 @@ GOLDENS = sorted(p for p in [*GOLDEN.glob("*.safetensors"), *GOLDEN.glob("real/*
                  if _known(_meta(p)["class"]))
 
 
-def read_manifest(path: Path) -> dict:
-    """A keys manifest: plain JSON (`*.keys.json`) or xz-compressed minified JSON (`*.keys.json.xz`)."""
+def _manifest(path: Path) -> dict[str, Any]:
+    """A keys manifest, plain (`*.keys.json`) or xz-compressed minified JSON (`*.keys.json.xz`)."""
     if path.suffix == ".xz":
         with lzma.open(path, "rt") as f:
             return json.load(f)
@@ -46,7 +47,7 @@ def read_manifest(path: Path) -> dict:
 
 
 MANIFESTS = sorted(p for p in [*GOLDEN.glob("*.keys.json"), *GOLDEN.glob("*.keys.json.xz")]
-                   if _known(read_manifest(p)["class"]))
+                   if _known(_manifest(p)["class"]))
 
 
 def _extra_args(meta: dict[str, str]) -> tuple[torch.Tensor, ...]:
@@ -84,7 +85,7 @@ def test_golden_output(path: Path) -> None:
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_keys_and_detection(path: Path) -> None:
-    doc = read_manifest(path)
+    doc = _manifest(path)
     want = {k: list(v) for k, v in doc["state_dict"].items()}
     kwargs = doc["kwargs"]
     with torch.device("meta"):

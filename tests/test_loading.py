@@ -120,10 +120,10 @@ def _buildable_kwargs(name: str) -> dict | None:
         return {}
     except (ValueError, TypeError):
         cls = archs.entry(name).cls.__name__
+        import lzma
+
         for path in sorted([*GOLDEN.glob("*.keys.json"), *GOLDEN.glob("*.keys.json.xz")]):
             if path.suffix == ".xz":
-                import lzma
-
                 with lzma.open(path, "rt") as f:
                     doc = json.load(f)
             else:
