@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers.detect import rebuilds
 from .layers.fft import irfft2_interleaved, rfft2_interleaved
 from .layers.padding import pad_to_multiple
 from .layers.precision import conv32, float32_region
@@ -264,8 +265,6 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
     """FAT has one layout (no arguments): its fusion-layer FSSA key, then an exact meta rebuild."""
     if "SRTB_list.0.MAT.FSSA.sparse_attention.conv_match.0.weight" not in sd or "uafb.up_transpose.weight" not in sd:
         return None
-    from .layers.detect import rebuilds
-
     return rebuilds(FAT, {}, sd)
 
 
