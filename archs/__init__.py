@@ -18,6 +18,7 @@ _FAMILY_MODULES: list[str] = [
     "convmambasr", "restore_rwkv", "dswinir", "stylegan2",
     "hat", "drct", "atd", "hma",
     "dat", "osrt", "hit_srf", "pft", "grl",
+    "esrganplus", "eqrsrgan", "fat", "cfat", "microsr", "oapt",
 ]
 
 _ENTRIES: dict[str, ArchEntry] = {}

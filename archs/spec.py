@@ -52,8 +52,9 @@ class ArchSpec:
     compile_mode: CompileMode = "none"
     gpu_precision: Precision | None = None
     gpu_tile: int = 0
-    # "image": image-to-image (everything the engine runs); "latent": a generator whose input is a style code.
-    input_kind: Literal["image", "latent"] = "image"
+    # "image": image-to-image (everything the engine runs); "latent": a generator whose input is a style code;
+    # "unsupported": weights load and are detected, but the model cannot run (upstream's forward is broken).
+    input_kind: Literal["image", "latent", "unsupported"] = "image"
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,9 @@ def load_model(model: str | None = None, *, task: str | None = None, device: str
     sd = loading.read_state_dict(path)
     module = loading.build_from_state_dict(sd, where=str(path), arch=got.arch, kwargs=got.kwargs)
     spec = archs.spec(module.arch_id, **module.arch_kwargs)
+    if spec.input_kind == "unsupported":
+        raise UsageError(f"{name} is a {spec.family} model: its weights load, but restoring with {spec.family} is not "
+                         "supported (upstream's forward pass cannot run)")
     if spec.input_kind != "image":
         raise UsageError(f"{name} is a {spec.family} generator (its input is a latent code, not an image): "
                          "use it from Python with archs.build(), not on image files")

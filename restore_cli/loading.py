@@ -71,7 +71,8 @@ def canonicalize(raw: Any, *, where: str = "state dict") -> dict[str, torch.Tens
     if not sd:
         raise WeightsError(f"{where}: contains no tensors")
     for prefix in _PREFIXES:
-        if all(k.startswith(prefix) for k in sd):
+        # a prefix followed only by indices is the model's own top-level nn.Sequential (ESRGAN's `model.0...`)
+        if all(k.startswith(prefix) for k in sd) and not all(k[len(prefix):][:1].isdigit() for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     return sd
 

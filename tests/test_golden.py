@@ -14,7 +14,15 @@ from safetensors import safe_open
 
 import archs
 from tests.conftest import GOLDEN
-from tests.util import golden_inputs, read_golden, recipe_state_dict, rel_l2
+from tests.util import (
+    AMBIGUOUS,
+    DETECTED_AS,
+    expected_detections,
+    golden_inputs,
+    read_golden,
+    recipe_state_dict,
+    rel_l2,
+)
 
 if not GOLDEN.is_dir():
     pytest.skip(f"golden folder {GOLDEN} not found", allow_module_level=True)
@@ -90,9 +98,18 @@ def test_manifest_keys_and_detection(path: Path) -> None:
 
     sd = {k: torch.empty(v, device="meta") for k, v in want.items()}
     found = archs.detect(sd)
-    assert len(found) == 1, f"detectors matched {[n for n, _ in found]}"
-    name, detected = found[0]
-    assert archs.entry(doc["class"]).family == archs.entry(name).family
+    own = archs.entry(doc["class"]).id
+    if own in AMBIGUOUS or own in DETECTED_AS:
+        # shared layouts (tests/util.py): an ambiguity the loader reports, or detection as an identical family
+        expected = expected_detections(own)
+        if expected is None:
+            pytest.skip(f"{own} checkpoints are detected as {DETECTED_AS[own]}, which this tree does not have")
+        assert sorted(n for n, _ in found) == expected, f"detectors matched {[n for n, _ in found]}"
+        name, detected = next((f for f in found if f[0] == own), found[0])
+    else:
+        assert len(found) == 1, f"detectors matched {[n for n, _ in found]}"
+        name, detected = found[0]
+        assert archs.entry(doc["class"]).family == archs.entry(name).family
     with torch.device("meta"):
         rebuilt = archs.build(name, **detected)
     assert {k: list(v.shape) for k, v in rebuilt.state_dict().items()} == want

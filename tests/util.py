@@ -4,6 +4,7 @@ the detector round trip, randomised weights, test images and the tiled-vs-whole 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -125,12 +126,16 @@ def shapes(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
 
 
 def assert_detected(sd: Mapping[str, torch.Tensor], name: str) -> dict[str, Any]:
-    """The state dict is detected as `name` alone, and the detected kwargs rebuild its keys and shapes exactly;
-    returns those kwargs."""
+    """The state dict is detected as `name` alone (or as pinned in AMBIGUOUS / DETECTED_AS below), and the detected
+    kwargs rebuild its keys and shapes exactly; returns those kwargs."""
     found = archs.detect(sd)
-    assert [n for n, _ in found] == [name], f"detectors matched {[n for n, _ in found]}, expected {name}"
-    assert shapes(meta_state_dict(name, **found[0][1])) == shapes(sd)
-    return found[0][1]
+    want = expected_detections(name)
+    if want is None:
+        pytest.skip(f"{name}: the family that detects it is not registered")
+    assert sorted(n for n, _ in found) == want, f"detectors matched {[n for n, _ in found]}, expected {want}"
+    arch, kwargs = next((f for f in found if f[0] == name), found[0])
+    assert shapes(meta_state_dict(arch, **kwargs)) == shapes(sd)
+    return kwargs
 
 
 def assert_round_trip(name: str, kwargs: Mapping[str, Any], loose: Iterable[str] = ()) -> dict[str, Any]:
@@ -138,7 +143,7 @@ def assert_round_trip(name: str, kwargs: Mapping[str, Any], loose: Iterable[str]
     check that every given kwarg not in `loose` comes back with its value ("*" in loose: compare no kwargs).
     Returns the detected kwargs."""
     got = assert_detected(meta_state_dict(name, **kwargs), name)
-    if "*" in loose:
+    if "*" in loose or name in DETECTED_AS:
         return got
     entry = archs.entry(name)
     want, full = plain(entry.full_kwargs(kwargs)), plain(entry.full_kwargs(got))
@@ -188,4 +193,27 @@ def golden_inputs(t: dict[str, torch.Tensor], meta: dict[str, str]) -> tuple[tor
     call = meta.get("call", "forward(x)")
     if call.endswith(_OSRT_CALL):
         return t["input"], torch.cos(torch.linspace(-1.2, 1.2, 16)).view(1, 1, 16, 1).expand(1, 1, 16, 24).contiguous()
+    # a literal second argument, e.g. OAPT's `forward(x, torch.tensor([[3.0, 5.0]]))`
+    m = re.fullmatch(r"forward\(x, torch\.tensor\((.+)\)\)", call)
+    if m:
+        return t["input"], torch.tensor(json.loads(m.group(1)))
     return (t["input"],)
+
+
+# Published layouts another family shares exactly (keys and shapes cannot tell them apart), by arch id, pinned so that
+# a new overlap is a decision. AMBIGUOUS: both detectors claim it and loading asks for the architecture (different
+# maths: CFAT's triangular and sparse windows on HAT's weights). DETECTED_AS: the arch has no detector of its own; its
+# checkpoints are detected as the other, which computes the same (MicroSR is DRCT: tests/test_microsr.py).
+AMBIGUOUS: dict[str, str] = {"cfat": "hat"}
+DETECTED_AS: dict[str, str] = {"microsr": "drct"}
+
+
+def expected_detections(arch_id: str) -> list[str] | None:
+    """The arch ids `archs.detect` must return for a state dict of `arch_id` in this tree (sorted); None when the
+    family that detects it is not registered here."""
+    if arch_id in DETECTED_AS:
+        other = DETECTED_AS[arch_id]
+        return [other] if other in archs.names() else None
+    if arch_id in AMBIGUOUS and AMBIGUOUS[arch_id] in archs.names():
+        return sorted([arch_id, AMBIGUOUS[arch_id]])
+    return [arch_id]

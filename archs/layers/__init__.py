@@ -14,6 +14,9 @@ Module map (public names):
 * `drop`: `DropPath`, `drop_path`.
 * `window`: Swin-style `window_partition`, `window_reverse`, `relative_position_index`, `relative_position_bias`,
   `shifted_window_mask`.
+* `window_attention`: Swin's `WindowAttention` (relative position bias; own index buffer or a shared one),
+  `window_sdpa` (bias + per-window mask through SDPA), the transformer `Mlp`, SwinIR's `PatchEmbed` (ESRGAN+-era
+  families of wave 2: FAT, CFAT, MicroSR, OAPT).
 * `upsample`: `Upsample`, `UpsampleOneStep` (SwinIR pixel-shuffle heads), `DySample`, `is_pow2`,
   `unsupported_scale`.
 * `reparam`: `Reparameterizable` (fuse on eval and after load), `fusion_dtype`, `set_fused`, `to_plain`,
