@@ -9,7 +9,6 @@ width directly; version 2 (MoSRv2, ESC-Real-M, RHA) puts a conv to `mid_dim` in 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -74,6 +73,15 @@ class UniUpsample(nn.Sequential):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
+def uniupsample_radius(upsample: str, scale: int) -> int:
+    """Receptive-field radius of the head in its input pixels: one 3x3 for conv / pixelshuffledirect; for the
+    staged heads a 3x3 before and after every stage at growing resolution (< 3 in all); DySample's 2 px are a
+    heuristic bound on its learned offsets."""
+    if scale == 1 or upsample in ("conv", "pixelshuffledirect"):
+        return 1
+    return 3
+
+
 def dysample_groups_ok(channels: int, group: int) -> bool:
     """umzi's/spandrel's DySample refuses channels <= group (neosr's and ESC's only fewer)."""
     return channels > group and channels % group == 0
@@ -81,13 +89,15 @@ def dysample_groups_ok(channels: int, group: int) -> bool:
 
 def read_uniupsample(sd: StateDict, prefix: str, in_dim: int) -> list[dict[str, Any]]:
     """Candidate UniUpsample kwargs {upsample, scale, out_dim, mid_dim} for the layers under `prefix` (e.g.
-    "to_img."), best first. A readable MetaUpsample record decides; without one (meta tensors) the shapes give
-    the layout. nearest+conv x2 and x3 have the same layers: both are returned, x2 first."""
+    "to_img."), best first. A readable MetaUpsample record decides (the candidate says `record: True`); without
+    one (meta tensors) the shapes give the layout, and DySample's `mid_dim` is its input width. nearest+conv x2 and
+    x3 have the same layers: both are returned, x2 first."""
     meta = sd.get(prefix + "MetaUpsample")
     if meta is not None and meta.numel() == 7 and buffer_value(meta[0]) is not None:
         _, idx, scale, _, out_dim, mid_dim, _ = (int(v) for v in meta.tolist())
         if idx < len(SAMPLE_MODS):
-            return [{"upsample": SAMPLE_MODS[idx], "scale": scale, "out_dim": out_dim, "mid_dim": mid_dim}]
+            return [{"upsample": SAMPLE_MODS[idx], "scale": scale, "out_dim": out_dim, "mid_dim": mid_dim,
+                     "record": True}]
     convs: dict[int, tuple[int, ...]] = {}
     for k, v in sd.items():
         rest = k[len(prefix):] if k.startswith(prefix) else None
@@ -128,11 +138,3 @@ def read_uniupsample(sd: StateDict, prefix: str, in_dim: int) -> list[dict[str, 
             out.append({"upsample": "nearest+conv", "scale": 3, "out_dim": order[-1][0]})
         return out
     return []
-
-
-def meta_record(sd: Mapping[str, torch.Tensor], key: str) -> list[int] | None:
-    """A MetaUpsample buffer's values, or None when absent or on the meta device."""
-    t = sd.get(key)
-    if t is None or t.is_meta:
-        return None
-    return [int(v) for v in t.tolist()]
