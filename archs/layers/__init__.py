@@ -27,6 +27,7 @@ Module map (public names):
 * `kernel_prior`: UFPNet's kernel estimator `code_extra_mean_var`, flow prior `KernelPrior`, `kernel_maps` (both,
   as image-shaped maps), `kernel_attention`, `NAFBlock_kernel`, `FLOW_KERNEL_SIZE`.
 * `uniupsample`: umzi's `UniUpsample` (versions 1 and 2, `MetaUpsample` record, `keep_own_meta`), `SAMPLE_MODS`,
-  `read_uniupsample` (its kwargs from a state dict), `dysample_groups_ok`.
+  `read_uniupsample` (its kwargs from a state dict), `uniupsample_radius`, `dysample_groups_ok` (RHA, MoSRv2, MoESR,
+  ESCRealM).
 * `mambaout`: MambaOut's `GatedCNNBlock` (LayerNorm2d or RMSNorm2d) and `InceptionDWConv2d` (MoSRv2, MoESR).
 """
