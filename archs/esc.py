@@ -18,9 +18,9 @@ UniUpsample and the pixel-unshuffle input for x1/x2). Keyword names, defaults an
 * ESCReal without DySample always upsamples x4 (two nearest x2 stages), whatever `upscaling_factor` says.
 * Windows: features are reflect-padded at the bottom/right to a window multiple before each attention (replicate
   where a side is too short to reflect, which upstream refuses), and cropped after.
-* Not carried over: upstream ESC/ESCFP.load_state_dict re-interpolates `to_img` when a checkpoint of another scale
-  is loaded, and converts a position table into FlashBias factors (SVD) on load; here a checkpoint loads into the
-  configuration it was trained in (the detector reads it off the state dict).
+* Loading a checkpoint of another scale into ESC/ESCFP resizes `to_img` bilinearly over its sub-pixel grid, as
+  upstream's load_state_dict does. Not carried over: upstream's conversion of a position table into FlashBias
+  factors (SVD) on load; a checkpoint loads into the attention type it was trained with (the detector reads it).
 """
 
 from __future__ import annotations
@@ -255,7 +255,34 @@ def _real_skip(in_ch: int, dim: int, unshuffle: int = 0) -> nn.Sequential:
     )
 
 
-class ESC(nn.Module):
+def _resize_subpixel(state_dict: dict[str, Any], prefix: str, scale: int) -> None:
+    """Upstream's "SubPixel interpolation": a `to_img` conv trained for another scale, its 3 x s x s outputs per
+    input channel and tap resized bilinearly (align_corners=False) to 3 x scale x scale."""
+    w, b = state_dict.get(prefix + "to_img.weight"), state_dict.get(prefix + "to_img.bias")
+    if w is None or b is None or w.ndim != 4:
+        return
+    s_in = math.isqrt(int(w.shape[0]) // 3)
+    if s_in == scale or 3 * s_in * s_in != w.shape[0]:
+        return
+    c_in, kh, kw = (int(v) for v in w.shape[1:])
+    grid = w.reshape(3, s_in, s_in, c_in * kh * kw).permute(3, 0, 1, 2)
+    grid = F.interpolate(grid, size=(scale, scale), mode="bilinear", align_corners=False)
+    state_dict[prefix + "to_img.weight"] = grid.permute(1, 2, 3, 0).reshape(3 * scale * scale, c_in, kh, kw)
+    bias = F.interpolate(b.reshape(1, 3, s_in, s_in), size=(scale, scale), mode="bilinear", align_corners=False)
+    state_dict[prefix + "to_img.bias"] = bias.reshape(-1)
+
+
+class _SubPixelLoad(nn.Module):
+    """ESC/ESCFP: loading resizes a `to_img` of another scale (see `_resize_subpixel`)."""
+
+    upscaling_factor: int
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        _resize_subpixel(state_dict, prefix, self.upscaling_factor)  # the caller's dict is a private copy
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+class ESC(_SubPixelLoad):
     """ESC: 3x3 embed, n_blocks Blocks sharing one geometric-ensembled large kernel, 3x3 + skip, conv to
     3 * s^2 channels plus the input repeated s^2 times, pixel shuffle."""
 
@@ -286,7 +313,7 @@ class ESC(nn.Module):
         return F.pixel_shuffle(self.to_img(feat) + torch.repeat_interleave(x, s * s, dim=1), s)
 
 
-class ESCFP(nn.Module):
+class ESCFP(_SubPixelLoad):
     """ESC-FP: the large kernel factorised into a shared 1x1 channel mix and a shared depthwise k x k; LayerNorm
     before `last`; bicubic image skip after the pixel shuffle."""
 

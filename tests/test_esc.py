@@ -163,3 +163,21 @@ def test_classes_need_valid_arguments() -> None:
         archs.build("escfp", attn_type="FlashBias")
     with pytest.raises(ValueError, match="kernel_size"):
         ESC(kernel_size=12)
+
+
+@pytest.mark.parametrize("name", ["esc", "escfp"])
+def test_loading_another_scale_resizes_the_subpixel_conv(name: str) -> None:
+    """Upstream's load_state_dict: a to_img trained at x4 loaded into an x2 model, each (colour, s x s) grid of
+    every input channel and tap resized bilinearly."""
+    import torch.nn.functional as F
+
+    x4 = _randomised(name, **TINY, upscaling_factor=4)
+    x2 = archs.build(name, **TINY, upscaling_factor=2)
+    x2.load_state_dict(x4.state_dict())
+    w4, w2 = x4.to_img.weight, x2.to_img.weight
+    assert w2.shape == (12, 16, 3, 3)
+    want = F.interpolate(w4[:, 5, 1, 2].reshape(1, 3, 4, 4), size=(2, 2), mode="bilinear", align_corners=False)
+    assert torch.allclose(w2[:, 5, 1, 2], want.reshape(-1))
+    same = archs.build(name, **TINY, upscaling_factor=4)
+    same.load_state_dict(x4.state_dict())
+    assert torch.equal(same.to_img.weight, w4)

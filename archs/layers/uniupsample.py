@@ -1,5 +1,5 @@
-"""umzi's `UniUpsample`: the upsampler menu of the MambaOut-style SR families (MoSRv2, MoESR, ESCRealM), with its
-`MetaUpsample` record, and a reader that recovers its configuration from a state dict.
+"""umzi's `UniUpsample`: the upsampler menu of the MambaOut-style SR families (MoSRv2, MoESR, ESCRealM, RHA), with
+its `MetaUpsample` record, and a reader that recovers its configuration from a state dict.
 
 Layer indices follow upstream's nn.Sequential so checkpoints load strictly. `MetaUpsample` is a uint8 buffer
 [version, method index, scale, in_dim, out_dim, mid_dim, group]. Version 1 (MoESR) feeds DySample the input
