@@ -17,7 +17,7 @@ def _randomised(name: str, seed: int = 0, **kwargs: Any) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for pname, p in model.named_parameters():
-            if p.ndim > 1 and p.shape[1:].numel() > 1 or pname.endswith("gamma"):
+            if (p.ndim > 1 and p.shape[1:].numel() > 1) or pname.endswith("gamma"):
                 p.copy_(torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.5)
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g) + (1.0 if pname.endswith(("weight", "scale")) else 0))
