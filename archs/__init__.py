@@ -19,6 +19,7 @@ _FAMILY_MODULES: list[str] = [
     "hat", "drct", "atd", "hma",
     "dat", "osrt", "hit_srf", "pft", "grl",
     "esrganplus", "eqrsrgan", "fat", "cfat", "microsr", "oapt",
+    "esc", "mosrv2", "moesr", "catanet", "lkfmixer", "dis",
 ]
 
 _ENTRIES: dict[str, ArchEntry] = {}

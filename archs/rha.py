@@ -22,64 +22,22 @@ from .layers.norm import LayerNorm2d
 from .layers.padding import pad_to_multiple
 from .layers.precision import LOW_PRECISION
 from .layers.reparam import Reparameterizable, fusion_dtype, set_fused
-from .layers.upsample import DySample, is_pow2, unsupported_scale
+from .layers.uniupsample import SAMPLE_MODS as _SAMPLE_MODS
+from .layers.uniupsample import UniUpsample as _UniUpsample
 from .layers.window import window_partition, window_reverse
 from .spec import ArchEntry, ArchSpec, StateDict, Task
 
 SampleMods = Literal["conv", "pixelshuffledirect", "pixelshuffle", "nearest+conv", "dysample"]
-_SAMPLE_MODS: tuple[str, ...] = ("conv", "pixelshuffledirect", "pixelshuffle", "nearest+conv", "dysample")
 
 
-class UniUpsample(nn.Sequential):
-    """resselt's upsampler zoo; `MetaUpsample` (uint8) records version, mode index, scale, dims and group."""
+class UniUpsample(_UniUpsample):
+    """resselt's upsampler zoo (layers.uniupsample, version 2); its DySample refuses in_channels == groups too."""
 
-    def __init__(
-        self,
-        upsample: str,
-        scale: int = 2,
-        in_dim: int = 64,
-        out_dim: int = 3,
-        mid_dim: int = 64,
-        group: int = 4,
-    ) -> None:
-        if upsample not in _SAMPLE_MODS:
-            raise ValueError(f"unknown upsample {upsample!r}; choose one of {_SAMPLE_MODS}")
-        pow2 = is_pow2(scale)
-        m: list[nn.Module] = []
-        if scale == 1 or upsample == "conv":
-            m.append(nn.Conv2d(in_dim, out_dim, 3, 1, 1))
-        elif upsample == "pixelshuffledirect":
-            m += [nn.Conv2d(in_dim, out_dim * scale**2, 3, 1, 1), nn.PixelShuffle(scale)]
-        elif upsample == "pixelshuffle":
-            m += [nn.Conv2d(in_dim, mid_dim, 3, 1, 1), nn.LeakyReLU(inplace=True)]
-            if pow2:
-                for _ in range(int(math.log2(scale))):
-                    m += [nn.Conv2d(mid_dim, 4 * mid_dim, 3, 1, 1), nn.PixelShuffle(2)]
-            elif scale == 3:
-                m += [nn.Conv2d(mid_dim, 9 * mid_dim, 3, 1, 1), nn.PixelShuffle(3)]
-            else:
-                raise unsupported_scale(scale)
-            m.append(nn.Conv2d(mid_dim, out_dim, 3, 1, 1))
-        elif upsample == "nearest+conv":
-            if pow2:
-                for _ in range(int(math.log2(scale))):
-                    m += [nn.Conv2d(in_dim, in_dim, 3, 1, 1), nn.Upsample(scale_factor=2), nn.LeakyReLU(0.2, True)]
-            elif scale == 3:
-                m += [nn.Conv2d(in_dim, in_dim, 3, 1, 1), nn.Upsample(scale_factor=3), nn.LeakyReLU(0.2, True)]
-            else:
-                raise unsupported_scale(scale)
-            m += [nn.Conv2d(in_dim, in_dim, 3, 1, 1), nn.LeakyReLU(0.2, True), nn.Conv2d(in_dim, out_dim, 3, 1, 1)]
-        else:  # dysample
-            if mid_dim != in_dim:
-                m += [nn.Conv2d(in_dim, mid_dim, 3, 1, 1), nn.LeakyReLU(inplace=True)]
-            dys_dim = mid_dim
-            # resselt's DySample refuses in_channels == groups as well (neosr's only refuses fewer)
-            if dys_dim <= group:
-                raise ValueError(f"DySample needs more than {group} channels, got {dys_dim}")
-            m.append(DySample(dys_dim, out_dim, scale, group))
-        super().__init__(*m)
-        meta = [2, _SAMPLE_MODS.index(upsample), scale, in_dim, out_dim, mid_dim, group]
-        self.register_buffer("MetaUpsample", torch.tensor(meta, dtype=torch.uint8))
+    def __init__(self, upsample: str, scale: int = 2, in_dim: int = 64, out_dim: int = 3, mid_dim: int = 64,
+                 group: int = 4) -> None:
+        if upsample == "dysample" and scale > 1 and mid_dim <= group:
+            raise ValueError(f"DySample needs more than {group} channels, got {mid_dim}")
+        super().__init__(upsample, scale, in_dim, out_dim, mid_dim, group)
 
 
 class FocusedLinearAttention(nn.Module):

@@ -36,4 +36,8 @@ Module map (public names):
   `block_window`, `attend`, `WindowAttention`, `shifted_window_attention`, `OCAB`, `oca_relative_position_index`,
   and HAT's residual hybrid attention group `HAB`, `AttenBlocks`, `RHAG`, `resi_conv` (HAT family, MSHAT).
 * `ss2d`: VMamba's `SS2D` 2-D selective scan (ConvMambaSR, HATM).
+* `uniupsample`: umzi's `UniUpsample` (versions 1 and 2, `MetaUpsample` record, `keep_own_meta`), `SAMPLE_MODS`,
+  `read_uniupsample` (its kwargs from a state dict), `uniupsample_radius`, `dysample_groups_ok` (RHA, MoSRv2, MoESR,
+  ESCRealM).
+* `mambaout`: MambaOut's `GatedCNNBlock` (LayerNorm2d or RMSNorm2d) and `InceptionDWConv2d` (MoSRv2, MoESR).
 """
