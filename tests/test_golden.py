@@ -4,6 +4,7 @@ and every official keys manifest builds exactly those keys and shapes, and is de
 from __future__ import annotations
 
 import json
+import lzma
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,16 @@ def _known(cls: str) -> bool:
 
 GOLDENS = sorted(p for p in [*GOLDEN.glob("*.safetensors"), *GOLDEN.glob("real/*.safetensors")]
                  if _known(_meta(p)["class"]))
-MANIFESTS = sorted(p for p in GOLDEN.glob("*.keys.json") if _known(json.loads(p.read_text())["class"]))
+def _manifest(path: Path) -> dict:
+    """A keys manifest: plain JSON, or minified JSON compressed with xz (`*.keys.json.xz`)."""
+    if path.suffix == ".xz":
+        with lzma.open(path, "rt") as f:
+            return json.load(f)
+    return json.loads(path.read_text())
+
+
+MANIFESTS = sorted(p for p in [*GOLDEN.glob("*.keys.json"), *GOLDEN.glob("*.keys.json.xz")]
+                   if _known(_manifest(p)["class"]))
 
 
 @pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.name)
@@ -65,7 +75,7 @@ def test_golden_output(path: Path) -> None:
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_keys_and_detection(path: Path) -> None:
-    doc = json.loads(path.read_text())
+    doc = _manifest(path)
     want = {k: list(v) for k, v in doc["state_dict"].items()}
     kwargs = doc["kwargs"]
     with torch.device("meta"):
