@@ -16,7 +16,7 @@ _FAMILY_MODULES: list[str] = [
     "nafnet", "ufpnet", "plksr", "span",
     "camixersr", "spanc", "promptir", "moceir", "sfhformer", "gfisrv2", "rha", "hifacegan", "adarevid",
     "convmambasr", "restore_rwkv", "dswinir", "stylegan2",
-    "paragonsr", "paragonsr2", "elysiumsr", "hyperionsr", "aether",
+    "paragonsr", "paragonsr2", "elysiumsr", "hyperionsr", "aether", "cfsr",
 ]
 
 _ENTRIES: dict[str, ArchEntry] = {}
