@@ -10,8 +10,13 @@ and after every load into non-persistent buffers (same keys, same function). Ups
 replaces each ReparamConvV2 with a plain conv (`spatial_mixer.weight/bias`); `fused=True` (ours) builds that
 layout so released fused checkpoints load too, and the detector tells the two apart.
 
-The scale is not stored in a checkpoint (the magic-kernel upsampler has no scale-dependent weights): detection
-returns upstream's default 4, which every published factory uses; pass `scale` for other models.
+The author's own repository (Phhofm/ParagonSR, traiNNer/archs/paragonsr_arch.py, with its fuse_model.py release
+script) has the same network with a pixel-shuffle head instead of the magic-kernel one: `upsampler="pixelshuffle"`
+(ours; default "magic", the seed's) builds that head (`upsampler.0` = conv to num_feat * scale^2, PixelShuffle).
+
+With the magic-kernel head the scale is not stored in a checkpoint (that upsampler has no scale-dependent
+weights): detection returns upstream's default 4, which every factory uses; pass `scale` for other models. The
+pixel-shuffle head stores it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers.branch_fusion import sum_branches
-from .layers.detect import count_indexed, ratio_for, same_keys_and_shapes
+from .layers.detect import count_indexed, ratio_for, same_keys_and_shapes, scale_and_out_channels
 from .layers.magic_kernel import MAGIC_KERNEL, MAGIC_SHARP_2021, nearest_upscale, separable_convs
 from .layers.reparam import Reparameterizable, set_fused
 from .spec import ArchEntry, ArchSpec, StateDict
@@ -188,31 +193,42 @@ class ParagonSR(nn.Module):
         ffn_expansion: float = 2.0,
         block_kwargs: dict[str, Any] | None = None,
         fused: bool = False,
+        upsampler: str = "magic",
     ) -> None:
         super().__init__()
         if scale < 1:
             raise ValueError(f"scale must be a positive integer, got {scale}")
+        if upsampler not in ("magic", "pixelshuffle"):
+            raise ValueError(f"upsampler must be 'magic' or 'pixelshuffle', got {upsampler!r}")
         bk = dict(block_kwargs or {})
         self.scale = scale
         self.conv_in = nn.Conv2d(in_chans, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*[ResidualGroup(num_feat, num_blocks, ffn_expansion, fused, **bk)
                                     for _ in range(num_groups)])
         self.conv_fuse = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.magic_upsampler = MagicKernelSharp2021Upsample(num_feat)
-        self.upsampler = nn.Sequential(nn.Conv2d(num_feat, num_feat, 3, 1, 1))
+        self.magic_upsampler: MagicKernelSharp2021Upsample | None = None
+        if upsampler == "magic":
+            self.magic_upsampler = MagicKernelSharp2021Upsample(num_feat)
+            self.upsampler = nn.Sequential(nn.Conv2d(num_feat, num_feat, 3, 1, 1))
+        else:
+            self.upsampler = nn.Sequential(nn.Conv2d(num_feat, num_feat * scale * scale, 3, 1, 1),
+                                           nn.PixelShuffle(scale))
         self.conv_out = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shallow = self.conv_in(x)
-        fused = self.conv_fuse(self.body(shallow)) + shallow
-        return self.conv_out(self.upsampler(self.magic_upsampler(fused, self.scale)))
+        x = self.conv_fuse(self.body(shallow)) + shallow
+        if self.magic_upsampler is not None:
+            x = self.magic_upsampler(x, self.scale)
+        return self.conv_out(self.upsampler(x))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Descriptor. Tiling "global": every block's GroupNorm(1) normalises over the whole feature map. Context: receptive
 # radius in input pixels: conv_in (1) + per block max(square, band) // 2 of the context convs + 1 (the 3x3 spatial
-# mixer) + conv_fuse (1) + sharpen (3) + the high-resolution 5-tap filter and two 3x3 convs (2 + 2 output pixels,
-# ceil(4 / scale) input pixels). Capped like the other global families: no margin makes GroupNorm tiles exact.
+# mixer) + conv_fuse (1) + the head: magic kernel = sharpen (3) + the high-resolution 5-tap filter and two 3x3 convs
+# (2 + 2 output pixels, ceil(4 / scale) input pixels); pixel shuffle = its 3x3 (1) + conv_out (ceil(1 / scale)).
+# Capped like the other global families: no margin makes GroupNorm tiles exact.
 _CONTEXT_CAP = 128
 
 
@@ -220,7 +236,8 @@ def _context(kw: dict[str, Any]) -> int:
     bk = kw.get("block_kwargs") or {}
     per_block = max(int(bk.get("square_kernel_size", 3)), int(bk.get("band_kernel_size", 11))) // 2 + 1
     scale = int(kw["scale"])
-    radius = 1 + int(kw["num_groups"]) * int(kw["num_blocks"]) * per_block + 1 + 3 + math.ceil(4 / scale)
+    head = 3 + math.ceil(4 / scale) if kw["upsampler"] == "magic" else 1 + math.ceil(1 / scale)
+    radius = 1 + int(kw["num_groups"]) * int(kw["num_blocks"]) * per_block + 1 + head
     return min(_CONTEXT_CAP, radius)
 
 
@@ -244,15 +261,16 @@ def _describe(kw: dict[str, Any]) -> ArchSpec:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Detector: widths from conv_in, groups / blocks by counting, expansion from the FFN width, the context kernel
-# sizes and branch ratio from the inception convs, fused or not from the spatial mixer keys; then a meta rebuild.
+# sizes and branch ratio from the inception convs, fused or not from the spatial mixer keys, the head from the
+# magic-kernel keys (pixel shuffle: scale from its conv); then a meta rebuild.
 
 _FFN = "body.0.blocks.0.transformer."
 _CTX = "body.0.blocks.0.context."
 
 
 def _detect(sd: StateDict) -> dict[str, Any] | None:
-    need = ("conv_in.weight", "conv_fuse.weight", "magic_upsampler.sharpen.conv_h.weight", "upsampler.0.weight",
-            "conv_out.weight", _FFN + "project_in_g.weight", _CTX + "dwconv_hw.weight")
+    need = ("conv_in.weight", "conv_fuse.weight", "upsampler.0.weight", "conv_out.weight",
+            _FFN + "project_in_g.weight", _CTX + "dwconv_hw.weight")
     if any(k not in sd for k in need):
         return None
     num_feat, in_chans = (int(n) for n in sd["conv_in.weight"].shape[:2])
@@ -274,6 +292,11 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
                               "num_blocks": blocks, "ffn_expansion": expansion, "block_kwargs": bk or None}
     if fused:
         kwargs["fused"] = True
+    if "magic_upsampler.sharpen.conv_h.weight" not in sd:
+        found = scale_and_out_channels(int(sd["upsampler.0.weight"].shape[0]), (num_feat,))
+        if found is None:
+            return None
+        kwargs.update(scale=found[0], upsampler="pixelshuffle")
     return kwargs if same_keys_and_shapes(lambda: ParagonSR(**kwargs), sd) else None
 
 

@@ -85,3 +85,21 @@ def test_descriptor() -> None:
     s = archs.spec("paragonsr", num_groups=2, num_blocks=3)
     assert s.scale == 4 and s.tiling == "global" and s.context == 1 + 6 * 6 + 1 + 3 + 1
     assert archs.spec("paragonsr").context == 128  # capped
+
+
+def test_pixelshuffle_head_of_the_author_repository() -> None:
+    """Phhofm/ParagonSR's version: a pixel-shuffle head (scale stored), released fused or not."""
+    src = _randomised({**TINY, "scale": 3, "upsampler": "pixelshuffle"}, seed=5)
+    x = torch.rand(1, 3, 7, 9)
+    with torch.no_grad():
+        want = src(x)
+    assert want.shape == (1, 3, 21, 27)
+    for sd, fused in ((src.state_dict(), False), (_release(src), True)):
+        (name, kw), = archs.detect(sd)
+        assert name == "paragonsr" and kw["upsampler"] == "pixelshuffle" and kw["scale"] == 3
+        assert kw.get("fused", False) is fused
+        model = archs.build(name, **kw)
+        model.load_state_dict(sd, strict=True)
+        with torch.no_grad():
+            assert rel_l2(model.eval()(x), want) <= 1e-5
+    assert archs.spec("paragonsr", upsampler="pixelshuffle", num_groups=1, num_blocks=1).context == 1 + 6 + 1 + 2
