@@ -1,6 +1,6 @@
 """Milliseconds per megapixel for every registered family, in each precision it supports, channels_last on/off.
 
-Each family runs its official configuration (the first *.keys.json manifest of the family in the golden folder,
+Each family runs its official configuration (the first *.keys.json(.xz) manifest of the family in the golden folder,
 else the constructor defaults) with random weights on a 256x256 input (512x512 for face models; a latent for
 generators), batch 1, eager. A row also records whether the output was finite.
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import os
 import sys
 from pathlib import Path
@@ -28,13 +29,14 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def configs(golden: Path) -> list[tuple[str, str, dict]]:
     """(label, arch, kwargs): one official configuration per registered family."""
     seen: dict[str, tuple[str, str, dict]] = {}
-    for path in sorted(golden.glob("*.keys.json")):
-        doc = json.loads(path.read_text())
+    for path in sorted([*golden.glob("*.keys.json"), *golden.glob("*.keys.json.xz")]):
+        text = lzma.decompress(path.read_bytes()).decode() if path.suffix == ".xz" else path.read_text()
+        doc = json.loads(text)
         try:
             entry = archs.entry(doc["class"])
         except KeyError:
             continue
-        seen.setdefault(entry.family, (path.name.removesuffix(".keys.json"), doc["class"], doc["kwargs"]))
+        seen.setdefault(entry.family, (path.name.split(".keys.json")[0], doc["class"], doc["kwargs"]))
     for name in archs.names():
         entry = archs.entry(name)
         if entry.family not in seen and entry.local_variant is None:

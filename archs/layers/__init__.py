@@ -26,4 +26,8 @@ Module map (public names):
   `GLOBAL_CONTEXT_CAP`, `ffn_factor`.
 * `kernel_prior`: UFPNet's kernel estimator `code_extra_mean_var`, flow prior `KernelPrior`, `kernel_maps` (both,
   as image-shaped maps), `kernel_attention`, `NAFBlock_kernel`, `FLOW_KERNEL_SIZE`.
+* `magic_kernel`: Magic Kernel Sharp 2021 taps `MAGIC_KERNEL`, `MAGIC_SHARP_2021`, `separable_convs` (the fixed
+  depthwise h/v pair), `nearest_upscale` (ParagonSR, ParagonSR2).
+* `branch_fusion`: `center_pad`, `sum_branches`: parallel same-padded conv branches summed into one conv
+  (ParagonSR's ReparamConvV2, Aether's ReparamLargeKernelConv).
 """
