@@ -1,8 +1,8 @@
 """CFSR: "Transforming Image Super-Resolution: A ConvFormer-based Efficient Approach" (Wu et al.), lightweight
 SR with large-kernel depthwise convolutional modulation blocks.
 
-Semantics follow neosr's `cfsr_arch.py` as the seed carries it (class `cfsr`; the file states no licence, so the
-seed repository's GPL-3.0 applies). Keyword names, defaults and state-dict keys match; `upscale` defaults to 4 (neosr
+Semantics follow neosr's `cfsr_arch.py` as the seed carries it (class `cfsr`; the file states no licence; the
+seed collection is GPL-3.0). Keyword names, defaults and state-dict keys match; `upscale` defaults to 4 (neosr
 reads it from its options, `net_opt()`; its default is 4).
 
 Re-parameterisation happens at construction upstream: `__init__` folds each MLP's Sobel-x, Sobel-y and Laplacian
@@ -26,6 +26,8 @@ from .layers.detect import count_indexed, pixel_shuffle_scale, same_keys_and_sha
 from .layers.norm import LayerNorm2d
 from .layers.upsample import UpsampleOneStep
 from .spec import ArchEntry, ArchSpec, StateDict
+
+_LICENSE = "unspecified (none stated in neosr's cfsr_arch.py; the seed collection is GPL-3.0)"
 
 _RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -178,7 +180,7 @@ def _describe(kw: dict[str, Any]) -> ArchSpec:
         bf16=True,
         tiling="safe",
         context=1 + blocks * (int(kw["dw_size"]) // 2 + 1) + 1 + 1,
-        code_license="GPL-3.0",
+        code_license=_LICENSE,
     )
 
 

@@ -1,5 +1,5 @@
 """ElysiumSR: a plain EDSR-like residual CNN for super-resolution (Philip Hofmann, traiNNer-redux; the file states
-no licence, so the seed repository's GPL-3.0 applies).
+no licence; the seed collection is GPL-3.0).
 
 Semantics follow the seed's `arches/elysiumsr_arch.py`: the registered size classes ElysiumSR_S/M/L/XL (only
 `scale` is configurable; the network is their attribute `model`, so their keys start with `model.`) and the
@@ -19,6 +19,8 @@ from torch import nn
 from .layers.detect import count_indexed, same_keys_and_shapes, scale_and_out_channels
 from .layers.drop import DropPath
 from .spec import ArchEntry, ArchSpec, StateDict
+
+_LICENSE = "unspecified (none stated in elysiumsr_arch.py; the seed collection is GPL-3.0)"
 
 # size class -> (num_feat, num_blocks, drop_path_rate)
 SIZES: dict[str, tuple[int, int, float]] = {
@@ -121,7 +123,7 @@ def _base_describe(kw: dict[str, Any], *, id_: str, cls: str) -> ArchSpec:
         bf16=True,
         tiling="safe",
         context=1 + 2 * int(kw["num_blocks"]) + 1 + 1 + math.ceil(1 / scale),
-        code_license="GPL-3.0",
+        code_license=_LICENSE,
     )
 
 

@@ -1,5 +1,5 @@
 """HyperionSR: GroupNorm blocks with a spatial gate, SE channel attention and a gated FFN (Philip Hofmann,
-traiNNer-redux; the predecessor of ParagonSR; the file states no licence, so the seed repository's GPL-3.0 applies).
+traiNNer-redux; the predecessor of ParagonSR; the file states no licence; the seed collection is GPL-3.0).
 
 Semantics follow the seed's `arches/hyperionsr_arch.py`: the registered size classes HyperionSR_S/M/L/XL (only
 `scale` is configurable; the network is their attribute `model`, so their keys start with `model.`) and the
@@ -19,6 +19,8 @@ from torch import nn
 
 from .layers.detect import count_indexed, same_keys_and_shapes, scale_and_out_channels
 from .spec import ArchEntry, ArchSpec, StateDict
+
+_LICENSE = "unspecified (none stated in hyperionsr_arch.py; the seed collection is GPL-3.0)"
 
 # size class -> (num_feat, num_groups, num_blocks)
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -159,7 +161,7 @@ def _base_describe(kw: dict[str, Any], *, id_: str, cls: str) -> ArchSpec:
         bf16=True,
         tiling="global",
         context=3 + math.ceil(1 / scale),
-        code_license="GPL-3.0",
+        code_license=_LICENSE,
     )
 
 
