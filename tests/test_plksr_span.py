@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import archs
-from archs.layers.upsample import DySample
 from archs.layers.reparam import Conv3XC
+from archs.layers.upsample import DySample
 from tests.goldens import rel_l2
 
 
