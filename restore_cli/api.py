@@ -19,8 +19,7 @@ from archs import ArchSpec
 
 from . import loading, presets, resolve
 from .engine.runner import Runner, RunStats, pick_device, pick_dtype
-from .errors import RestoreError, UsageError
-from .io.images import from_float, to_float
+from .errors import UsageError
 
 TileArg = int | str  # "auto", 0 (whole image) or a core size in pixels
 
@@ -158,86 +157,20 @@ def set_options(model: LoadedModel, **options: Any) -> None:
             model.runner.spec = model.spec
 
 
-# -- pixels ------------------------------------------------------------------------------------------------------
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def _run_colour(model: LoadedModel, colour: np.ndarray) -> tuple[np.ndarray, RunStats]:
-    """colour: HxWx{1,3} float32 -> model output with the same channel count."""
-    want = model.spec.in_channels
-    have = colour.shape[2]
-    x = colour
-    if have == 1 and want == 3:
-        x = np.repeat(colour, 3, axis=2)
-    elif have == 3 and want == 1:
-        # A 1-channel model restores luma; chroma is carried over (resized for SR).
-        x = (colour @ _LUMA)[..., None]
-    elif have != want:
-        raise RestoreError(f"{model.spec.id} takes {want}-channel input, image has {have}")
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-    out_t, stats = model.runner.run(t)
-    out = out_t.numpy().transpose(1, 2, 0)
-    if have == 1 and want == 3:
-        out = (out @ _LUMA)[..., None]
-    elif have == 3 and want == 1:
-        y_in = (colour @ _LUMA)[..., None]
-        chroma = colour - y_in
-        if model.spec.scale != 1:
-            chroma = _resize(chroma, model.spec.scale)
-        out = out + chroma
-    return out, stats
-
-
-def _resize(arr: np.ndarray, scale: int) -> np.ndarray:
-    import cv2
-
-    h, w = arr.shape[:2]
-    res = cv2.resize(arr, (w * scale, h * scale), interpolation=cv2.INTER_CUBIC)
-    return res.reshape(h * scale, w * scale, *arr.shape[2:])
-
-
 def restore_image(model: LoadedModel, array: np.ndarray, *, tile: TileArg | None = None,
                   overlap: int | None = None, batch: int | None = None) -> tuple[np.ndarray, RunStats]:
     """Restore one HxWxC (or HxW) image; returns the result in the input's dtype and channel layout.
 
     Alpha is handled exactly: colour is premultiplied before the model and un-premultiplied after; alpha itself is
-    carried over (bicubic-resized for SR, clipped to [0, 1]); an all-opaque alpha stays all-opaque.
+    carried over (bicubic-resized for SR, clipped to [0, 1]); an all-opaque alpha stays all-opaque. The flow (and
+    every pixel conversion) is the CLI's: `pipeline.restore_array`.
     """
+    from . import pipeline
+
     if tile is not None:
         model.runner.tile = _parse_tile(tile)
     if overlap is not None:
         model.runner.overlap = overlap
     if batch is not None:
         model.runner.batch = max(1, batch)
-    if array.dtype not in (np.uint8, np.uint16, np.float32, np.float64, np.float16):
-        raise RestoreError(f"unsupported pixel type {array.dtype}")
-    squeeze = array.ndim == 2
-    raw = array[..., None] if squeeze else array
-    channels = raw.shape[2]
-    if raw.ndim != 3 or channels not in (1, 2, 3, 4):
-        raise RestoreError(f"unsupported image shape {array.shape}")
-    has_alpha = channels in (2, 4)
-    if not has_alpha and channels == model.spec.in_channels and array.dtype in (np.uint8, np.uint16):
-        # The common case: integer pixels go to the device as they are and come back quantised there.
-        t = torch.from_numpy(np.ascontiguousarray(raw.transpose(2, 0, 1),
-                                                  dtype=np.int32 if array.dtype == np.uint16 else np.uint8))
-        out_t, stats = model.runner.run(t, quantize=255 if array.dtype == np.uint8 else 65535)
-        result = out_t.numpy().transpose(1, 2, 0).astype(array.dtype, copy=False)
-        return (result[..., 0] if squeeze else result), stats
-    img = to_float(raw)
-    colour = img[..., :-1] if has_alpha else img
-    if not has_alpha:
-        out, stats = _run_colour(model, colour)
-    else:
-        alpha = img[..., -1:]
-        opaque = bool(np.all(alpha >= 1.0))
-        out, stats = _run_colour(model, colour if opaque else colour * alpha)
-        s = model.spec.scale
-        if opaque:
-            alpha_out = np.ones((*out.shape[:2], 1), dtype=np.float32)
-        else:
-            alpha_out = np.clip(_resize(alpha, s) if s != 1 else alpha, 0.0, 1.0)
-            out = np.where(alpha_out > 1e-6, out / np.maximum(alpha_out, 1e-6), 0.0)
-        out = np.concatenate([out, alpha_out], axis=2)
-    result = from_float(out.astype(np.float32), array.dtype if array.dtype in (np.uint8, np.uint16) else np.float32)
-    return (result[..., 0] if squeeze else result), stats
+    return pipeline.restore_array(model, array)

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from . import batch, pipeline, presets
-from .errors import InterruptError, RestoreError, UsageError
+from .errors import RestoreError, UsageError
 from .report import Reporter
 from .terminal import make_console, styled
 
@@ -45,7 +46,7 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=(
     "hf://owner/repo[/file][@rev]."))]
 TileOpt = Annotated[str, typer.Option(help="Tile size: auto, 0 (whole image) or a size in pixels.")]
 OverlapOpt = Annotated[int, typer.Option(min=0, help="Overlap between tiles, in pixels.")]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")]
+BATCH_HELP = "Pictures per forward pass: video frames or same-size images when whole ones fit, else tiles."
 PrecisionOpt = Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 FormatOpt = Annotated[str | None, typer.Option("--format", help="png, jpg, webp, tif or bmp [default: as input].")]
@@ -71,8 +72,9 @@ CrfOpt = Annotated[int | None, typer.Option("--crf", min=0, max=63,
                                             help="Video quality (lower is better) [default: 18].")]
 VPresetOpt = Annotated[str | None, typer.Option("--preset", help="Video encoder speed preset (x264/x265/SVT-AV1).")]
 PixFmtOpt = Annotated[str | None, typer.Option("--pix-fmt", help="Video pixel format [default: as input].")]
-FramesOpt = Annotated[str | None, typer.Option("--frames", help="Video frame range A:B (from A, before B; either "
-                                                                "side optional).")]
+FramesOpt = Annotated[str | None, typer.Option("--frames", help=(
+    "Video range A:B, from A up to B (either side optional): frame numbers (10:250) or times from the first frame "
+    "(1.5s:4s, 1m:1m30s, 1h2m3.5s:)."))]
 
 
 class _GracefulStop:
@@ -86,7 +88,7 @@ class _GracefulStop:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        err.print(styled(("stopping after the current tile (Ctrl-C again to stop now)", "yellow")))
+        err.print(styled(("stopping after the picture in flight (Ctrl-C again to stop now)", "yellow")))
 
     def __enter__(self) -> _GracefulStop:
         try:
@@ -125,35 +127,40 @@ def _run_task(task: str, inputs: list[str], *, output: Path | None, model: str |
                   soft_wrap=True)
     limit = images.DEFAULT_MAX_PIXELS if max_pixels is None else (max_pixels or None)
     inputs_resolved = {j.source.resolve() for j in jobs}
+    # counted in pictures: one per image, a video's frames once it is opened
     progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=err, transient=True, disable=quiet or len(jobs) < 2)
+                        TextColumn("frames"), _RateColumn(), TimeRemainingColumn(), console=err, transient=True,
+                        disable=quiet)
     reporter = Reporter(quiet=quiet, console=progress.console)
-    interrupted = False
     with progress, _GracefulStop() as stop:
-        loaded.runner.should_stop = lambda: stop.requested
         settings = pipeline.Settings(fmt=fmt, suffix=suffix, quality=quality, skip_existing=skip_existing,
                                      strip=strip_metadata, max_pixels=limit, inputs=inputs_resolved,
                                      compare=compare, video=video or pipeline.VideoOptions(),
                                      should_stop=lambda: stop.requested)
         bar = progress.add_task("restoring", total=len(jobs))
-        for job in jobs:
-            try:
-                if stop.requested:
-                    raise InterruptError("interrupted")
-                reporter.add(pipeline.run_job(job, loaded, settings))
-            except (KeyboardInterrupt, InterruptError):
-                interrupted = True
-                break
-            progress.advance(bar)
-    reporter.summary(interrupted=interrupted)
+        hooks = pipeline.Hooks(record=reporter.add, done=lambda n: progress.advance(bar, n),
+                               expect=lambda n: progress.update(bar, total=progress.tasks[0].total + n))
+        try:
+            result = pipeline.run(jobs, loaded, settings, hooks)
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, outputs in progress removed
+            result = pipeline.RunResult(reporter.records, interrupted=True)
+    reporter.summary(interrupted=result.interrupted)
     if json_path is not None:
         reporter.write_json(json_path, {
             "task": task, "model": loaded.name, "arch": loaded.spec.id, "weights": str(loaded.weights),
             "device": str(loaded.device), "precision": str(loaded.dtype).removeprefix("torch."),
             "tile": tile, "overlap": overlap, "batch": batch_size})
-    if interrupted:
+    if result.interrupted:
         return 130
-    return 1 if any(r.status == "failed" for r in reporter.records) else 0
+    return 1 if any(r.status in ("failed", "partial") for r in reporter.records) else 0
+
+
+class _RateColumn(ProgressColumn):
+    """Pictures per second, over the last half minute."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} fps" if speed else "- fps")
 
 
 def _say_choice(loaded: LoadedModel, *, quiet: bool) -> None:
@@ -167,15 +174,15 @@ def _say_choice(loaded: LoadedModel, *, quiet: bool) -> None:
 def _task_command(task: str, help_text: str) -> Any:
     def command(inputs: Inputs, output: Output = None, model: ModelOpt = None, tile: TileOpt = "auto",
                 overlap: OverlapOpt = 16, batch_size: Annotated[int, typer.Option("--batch", min=1,
-                help="Tiles per forward pass.")] = 1, precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
+                help=BATCH_HELP)] = 1, precision: PrecisionOpt = "auto", device: DeviceOpt = "auto",
                 fmt: FormatOpt = None, suffix: SuffixOpt = "", recursive: RecursiveOpt = False,
                 json_path: JsonOpt = None, quiet: QuietOpt = False, offline: OfflineOpt = False,
                 quality: QualityOpt = 95, skip_existing: SkipOpt = False, strip_metadata: StripOpt = False,
                 max_pixels: MaxPxOpt = None, compare: CompareOpt = False, scale: ScaleOpt = None,
                 ratio: RatioOpt = None, exit_threshold: ExitOpt = None, codec: CodecOpt = None, crf: CrfOpt = None,
                 preset: VPresetOpt = None, pix_fmt: PixFmtOpt = None, frames: FramesOpt = None) -> None:
-        start, stop = pipeline.parse_frames(frames)  # before the model loads: a typo fails fast
-        video = pipeline.VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, start=start, stop=stop)
+        rng = pipeline.parse_frames(frames)  # before the model loads: a typo fails fast
+        video = pipeline.VideoOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, frames=rng)
         code = _run_task(task, inputs, output=output, model=model, tile=tile, overlap=overlap,
                          batch_size=batch_size, precision=precision, device=device, fmt=fmt, suffix=suffix,
                          recursive=recursive, json_path=json_path, quiet=quiet, offline=offline, quality=quality,
@@ -225,6 +232,24 @@ def doctor(build: Annotated[bool, typer.Option("--build", help="Compile every CU
     mamba = mamba_ssm_kernel()
     out.print("mamba-ssm selective_scan_cuda: " + (f"importable ({mamba.__file__}); selective_scan backend "
                                                    "'mamba_ssm' available" if mamba else "not installed"))
+    _doctor_video()
+
+
+def _doctor_video() -> None:
+    """Which video encoders this PyAV has (hardware ones only if they open here)."""
+    try:
+        import av
+
+        from .io import video
+    except ImportError:
+        out.print("video: PyAV not installed (pip install 'restore-cli[video]'): images only")
+        return
+    found = video.encoders()
+    usable = [name for name, state in found.items() if state == "yes"]
+    out.print(f"video: PyAV {av.__version__}; encoders usable: {', '.join(usable) or 'none'}", soft_wrap=True)
+    for name, state in found.items():
+        if state != "yes":
+            out.print(f"  {name}: {state}", soft_wrap=True)
 
 
 # -- eval -------------------------------------------------------------------------------------------------------
@@ -276,7 +301,7 @@ def eval_command(
     _say_choice(loaded, quiet=False)
 
     def restore_fn(img: Any) -> Any:
-        return api.restore_image(loaded, img)[0]
+        return pipeline.restore_array(loaded, img)[0]
 
     table = Table(show_edge=False, pad_edge=False)
     for col in ("image", "input PSNR", "output PSNR", "gain", "input SSIM", "output SSIM"):

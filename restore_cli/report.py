@@ -20,7 +20,7 @@ from .terminal import make_console, styled
 class FileRecord:
     input: str
     output: str | None
-    status: str  # "ok" | "failed" | "skipped"
+    status: str  # "ok" | "partial" (a damaged video: what decoded is written) | "failed" | "skipped"
     error: str | None = None
     size_in: tuple[int, int] | None = None  # (width, height)
     size_out: tuple[int, int] | None = None
@@ -35,6 +35,7 @@ class FileRecord:
     frames: int | None = None  # videos only: frames restored
     fps: float | None = None  # videos only: the source's average frame rate (kept in the output)
     codec: str | None = None  # videos only: the output's video encoder
+    streams: list[dict[str, Any]] | None = None  # videos only: what became of each other stream
 
     @property
     def megapixels(self) -> float:
@@ -91,6 +92,8 @@ class Reporter:
         elif rec.status == "skipped":
             self.console.print(styled((f"skipped {rec.input} ({rec.error})", "dim")), soft_wrap=True)
         else:
+            if rec.status == "partial":
+                self.console.print(styled(("partial", "red"), f" {rec.input}: {rec.error}"), soft_wrap=True)
             (w, h), (ow, oh) = rec.size_in or (0, 0), rec.size_out or (0, 0)
             if rec.frames is not None:
                 fps = rec.stage_fps()
@@ -114,10 +117,12 @@ class Reporter:
 
     def totals(self) -> dict[str, Any]:
         ok = [r for r in self.records if r.status == "ok"]
-        mp = sum(r.megapixels for r in ok)
-        infer = sum(r.infer_ms for r in ok) / 1000
+        done = [r for r in self.records if r.status in ("ok", "partial")]
+        mp = sum(r.megapixels for r in done)
+        infer = sum(r.infer_ms for r in done) / 1000
         return {
             "files": len(self.records), "ok": len(ok),
+            "partial": sum(r.status == "partial" for r in self.records),
             "failed": sum(r.status == "failed" for r in self.records),
             "skipped": sum(r.status == "skipped" for r in self.records),
             "megapixels": round(mp, 4), "infer_s": round(infer, 4),
@@ -127,17 +132,20 @@ class Reporter:
 
     def summary(self, *, interrupted: bool = False) -> None:
         t = self.totals()
-        failed = [r for r in self.records if r.status == "failed"]
+        failed = [r for r in self.records if r.status in ("failed", "partial")]
         if failed:
-            table = Table(title=f"{len(failed)} file(s) failed", title_justify="left", show_edge=False)
+            table = Table(title=f"{len(failed)} file(s) failed or partly restored", title_justify="left",
+                          show_edge=False)
             table.add_column("file", overflow="fold")
             table.add_column("reason", overflow="fold")
             for r in failed:
                 table.add_row(Text(r.input), Text(r.error or ""))
             self.console.print(table)
         head = "interrupted: " if interrupted else ""
+        partial = f", {t['partial']} partly (damaged input)" if t["partial"] else ""
         self.console.print(
-            f"{head}{t['ok']} restored, {t['failed']} failed, {t['skipped']} skipped; {t['megapixels']:.2f} MP in "
+            f"{head}{t['ok']} restored{partial}, {t['failed']} failed, {t['skipped']} skipped; "
+            f"{t['megapixels']:.2f} MP in "
             f"{t['infer_s']:.2f} s inference ({t['megapixels_per_s']:.2f} MP/s), {t['wall_s']:.2f} s wall",
             soft_wrap=True)
 

@@ -5,7 +5,9 @@ Clips are tiny (64x48, a few frames) and the model is a random 2x SPAN, so each 
 
 from __future__ import annotations
 
+import hashlib
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,18 @@ pytest.importorskip("av")
 from restore_cli import batch, pipeline
 from restore_cli.errors import InterruptError, UsageError
 from restore_cli.io.video import probe
+from restore_cli.pipeline import FrameRange
 from tests.test_io_video import H, W, _packets, _times, make_h264_aac, make_mkv_subs, make_vfr
+
+
+def _packet_spans(path: Path, kind: str) -> list[tuple[Fraction, str, Fraction]]:
+    """(start s, sha256, duration s) of every packet of the first `kind` stream."""
+    import av
+
+    with av.open(str(path)) as c:
+        stream = next(s for s in c.streams if s.type == kind)
+        return [(p.pts * Fraction(p.time_base), hashlib.sha256(bytes(p)).hexdigest(),
+                 (p.duration or 0) * Fraction(p.time_base)) for p in c.demux(stream) if p.size]
 
 
 def _report(path: Path) -> dict[str, dict]:
@@ -74,8 +87,12 @@ def test_frame_range_named_output_and_skip_existing(span_weights: Path, tmp_path
     info = probe(dst)
     assert dst.is_file() and info is not None and "matroska" in info.container
     # the range keeps its place in time (Matroska counts whole milliseconds)
-    assert [round(t * 1000) for t in _times(dst)] == [round(t * 1000) for t in _times(src)[1:3]]
-    assert "not copied" in p.stderr  # audio would outlast a range: left out, and said
+    times = _times(src)
+    assert [round(t * 1000) for t in _times(dst)] == [round(t * 1000) for t in times[1:3]]
+    # audio is trimmed to the range: the packets that overlap frames 1 and 2, copied as they were
+    kept = [(round(t * 1000), h) for t, h, d in _packet_spans(src, "audio") if t + d > times[1] and t < times[3]]
+    assert [(round(t * 1000), h) for t, h in _packets(dst, "audio")] == kept
+    assert 0 < len(kept) < len(_packets(src, "audio"))
     before = dst.stat().st_mtime_ns
     p = restore(*args, "--skip-existing")
     assert p.returncode == 0 and "skipped" in p.stderr
@@ -93,10 +110,13 @@ def test_truncated_clip_restores_what_decodes_and_exits_1(span_weights: Path, tm
     no_traceback(p)
     assert p.returncode == 1
     rec = _report(report)["cut.mkv"]
-    assert rec["status"] == "failed" and "damaged" in rec["error"] and "truncated" in rec["error"]
+    assert rec["status"] == "partial" and "damaged" in rec["error"] and "truncated" in rec["error"]
     dst = tmp_path / "cut_restored.mkv"
     n = len(_times(dst))
     assert 0 < n < len(pts) and rec["frames"] == n
+    assert f"{n} frames restored" in rec["error"]
+    assert json.loads(report.read_text())["totals"]["partial"] == 1
+    assert "partial" in p.stderr
 
 
 def test_text_named_mp4_is_one_line(span_weights: Path, tmp_path: Path) -> None:
@@ -114,29 +134,30 @@ def test_stop_request_leaves_no_output(span_weights: Path, tmp_path: Path) -> No
     from restore_cli import api
 
     src = tmp_path / "clip.mp4"
-    make_h264_aac(src, frames=4)
+    make_h264_aac(src, frames=8)
     loaded = api.load_model(str(span_weights), task="upscale", device="cpu")
-    seen = []
-
-    def stop() -> bool:  # Ctrl-C while the first frame is in flight
-        seen.append(1)
-        return True
-
+    done: list[int] = []
     job = batch.collect([str(src)], None, recursive=False)[0]
-    with pytest.raises(InterruptError):
-        pipeline.run_job(job, loaded, pipeline.Settings(should_stop=stop))
-    assert seen == [1]  # stopped after one frame
+    settings = pipeline.Settings(should_stop=lambda: len(done) >= 2)  # Ctrl-C once two frames are through
+    result = pipeline.run([job], loaded, settings, pipeline.Hooks(done=done.append))
+    assert result.interrupted and result.records == []
+    assert 2 <= len(done) < 8  # stopped after the frames in flight, not at the end
     assert sorted(f.name for f in tmp_path.iterdir()) == ["clip.mp4"]  # no output, no temporary
+    with pytest.raises(InterruptError):
+        pipeline.run_job(job, loaded, pipeline.Settings(should_stop=lambda: True))
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("1:3", (1, 3)), (":5", (None, 5)), ("2:", (2, None)), (":", (None, None)), (None, (None, None)),
+    ("1:3", FrameRange(1, 3)), (":5", FrameRange(stop=5)), ("2:", FrameRange(2)), (":", FrameRange()),
+    (None, FrameRange()), ("1.5s:4s", FrameRange(start_time=Fraction(3, 2), stop_time=Fraction(4))),
+    ("1m:1m30.25s", FrameRange(start_time=Fraction(60), stop_time=Fraction(361, 4))),
+    ("10:2h", FrameRange(start=10, stop_time=Fraction(7200))), ("0.5s:", FrameRange(start_time=Fraction(1, 2))),
 ])
-def test_parse_frames(text: str | None, expected: tuple[int | None, int | None]) -> None:
+def test_parse_frames(text: str | None, expected: FrameRange) -> None:
     assert pipeline.parse_frames(text) == expected
 
 
-@pytest.mark.parametrize("text", ["3", "a:b", "5:2", "-1:4"])
+@pytest.mark.parametrize("text", ["3", "a:b", "5:2", "-1:4", "4s:1s", "1.5:2", "1x:2s", "00:00:01"])
 def test_parse_frames_refuses(text: str) -> None:
     with pytest.raises(UsageError, match="--frames"):
         pipeline.parse_frames(text)
@@ -187,3 +208,13 @@ def test_ctrl_c_exits_130_and_leaves_no_output(span_weights: Path, tmp_path: Pat
     assert proc.wait(timeout=120) == 130, rest
     assert "Traceback" not in rest
     assert sorted(f.name for f in tmp_path.iterdir()) == ["clip.mp4"]  # no output, no temporary
+
+
+def test_doctor_lists_video_encoders() -> None:
+    p = restore("doctor")
+    no_traceback(p)
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("video: PyAV"))
+    assert "libx264" in line.partition("usable:")[2]
+    for name in ("libx265", "libsvtav1", "libaom-av1", "ffv1", "h264_nvenc", "hevc_nvenc"):
+        assert name in p.stdout  # usable, or listed with why not

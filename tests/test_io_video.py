@@ -463,3 +463,48 @@ def test_truncated_mp4_without_index_is_one_clear_line(tmp_path: Path) -> None:
 def test_missing_output_folder_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(VideoError, match="does not exist"), VideoWriter(tmp_path / "nope" / "out.mp4"):
         pass
+
+
+def test_mp4_to_mkv_keeps_every_timestamp(tmp_path: Path) -> None:
+    """MP4's AAC priming packet sits before the first frame (-21 ms); Matroska must not shift the clip to hide it."""
+    src, dst = tmp_path / "clip.mp4", tmp_path / "out.mkv"
+    make_h264_aac(src, frames=8)
+    _round_trip(src, dst)  # the default preset: B-frames, so the video's first dts is negative too
+
+    def ms(times: list[Fraction | None]) -> list[int]:  # Matroska counts whole milliseconds
+        return [round(t * 1000) for t in times]  # type: ignore[operator]
+
+    audio = _packets(src, "audio")
+    assert audio[0][0] is not None and audio[0][0] < 0
+    assert ms(_times(dst)) == ms(_times(src)) and _times(src)[0] == 0
+    assert [(round(t * 1000), h) for t, h in _packets(dst, "audio")] == [(round(t * 1000), h) for t, h in audio]
+
+
+def test_frames_converted_on_threads_then_written_in_order(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    src, dst = tmp_path / "vfr.mkv", tmp_path / "out.mkv"
+    pts = make_vfr(src)
+    frames = list(read_frames(src))
+    with VideoWriter(dst, source=src, preset="ultrafast") as writer, ThreadPoolExecutor(4) as pool:
+        for ready in list(pool.map(writer.convert, frames)):  # the first conversions race to open the stream
+            writer.write(ready)
+    assert _times(dst) == [Fraction(p, 1000) for p in pts]
+    out = list(read_frames(dst))
+    assert np.abs(out[4].pixels.astype(int) - frames[4].pixels.astype(int)).mean() < 3
+
+
+def test_trimmed_range_keeps_audio_over_the_range_only(tmp_path: Path) -> None:
+    src, dst = tmp_path / "clip.mp4", tmp_path / "part.mp4"
+    make_h264_aac(src, frames=12)
+    with VideoWriter(dst, source=src, preset="ultrafast", trim_streams=True) as writer:
+        for frame in read_frames(src, start=3, stop=6):
+            writer.write(frame)
+    times = _times(src)
+    assert _times(dst) == times[3:6]
+    with av.open(str(src)) as c:
+        spans = [(p.pts * p.time_base, (p.pts + p.duration) * p.time_base, hashlib.sha256(bytes(p)).hexdigest())
+                 for p in c.demux(audio=0) if p.size]
+    kept = [(a, h) for a, b, h in spans if b > times[3] and a < times[6]]  # type: ignore[operator]
+    assert _packets(dst, "audio") == kept  # exact times in MP4, and the packets as they were
+    assert [s.action for s in writer.streams] == ["trimmed"]

@@ -82,6 +82,25 @@ class RunStats:
     notes: list[str] = field(default_factory=list)
     # What the model reported about each forward (e.g. AdaRevID's exit, MoCE-IR's experts), one entry per batch.
     model_info: list[dict] = field(default_factory=list)
+    # run_many(wait=False) on a GPU: the output is still on its way to host memory until `wait()`
+    pending: _Pending | None = None
+
+    def wait(self) -> None:
+        """Block until the output tensor holds its data (a no-op unless run_many(wait=False) returned it)."""
+        if self.pending is not None:
+            self.infer_s = self.pending.wait()
+            self.pending = None
+
+
+class _Pending:
+    """A batch's device-to-host copy in flight, and the forward's GPU time (shared by the batch's images)."""
+
+    def __init__(self, start: torch.cuda.Event, end: torch.cuda.Event, copied: torch.cuda.Event, count: int) -> None:
+        self.start, self.end, self.copied, self.count = start, end, copied, count
+
+    def wait(self) -> float:
+        self.copied.synchronize()
+        return self.start.elapsed_time(self.end) / 1000 / self.count
 
 
 class Runner:
@@ -176,6 +195,121 @@ class Runner:
         stats.tile, stats.tiles = (0 if plan.count == 1 and plan.margin == 0 else plan.tile_h), plan.count
         stats.infer_s = time.perf_counter() - start
         return out, stats
+
+    def run_many(self, images: list[torch.Tensor], *, quantize: int | None = None,
+                 wait: bool = True) -> tuple[list[torch.Tensor], list[RunStats]]:
+        """Same-size, same-type (C, H, W) images, e.g. consecutive video frames: as `run`, image by image.
+
+        When the tile plan is one whole-image tile they go through the model together, `batch` at a time (halved
+        on out-of-memory, and the working size kept); otherwise each image is tiled by `run`, its tiles batched.
+        Each image's stats carry its share of the batch's time.
+
+        `wait=False` (a GPU pipeline): return as soon as the work is queued on the device; the outputs land in
+        pinned host memory on a copy stream, so the next batch computes meanwhile. Call each stats' `wait()`
+        before reading its output. The outputs are (C, H, W) views of channels-last memory, the layout image
+        and video encoders take.
+        """
+        if not images or any(im.shape != images[0].shape or im.dtype != images[0].dtype for im in images):
+            return self._one_by_one(images, quantize)
+        _, height, width = images[0].shape
+        tile = self.tile if self.tile is not None else self._auto_tile(height, width)
+        plan = plan_tiles(height, width, tile=tile, overlap=self.overlap, margin=self.margin,
+                          multiple_of=self.spec.multiple_of, scale=self.spec.scale, min_size=self.spec.min_size)
+        if plan.count != 1:
+            return self._one_by_one(images, quantize)
+        outs: list[torch.Tensor] = []
+        stats: list[RunStats] = []
+        step = min(self.batch, getattr(self, "_frames_cap", self.batch))
+        i = 0
+        while i < len(images):
+            chunk = images[i:i + step]
+            start = time.perf_counter()
+            try:
+                got, info, pending = self._run_whole(chunk, plan, quantize, wait)
+            except Exception as e:
+                if not _is_oom(e):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if step == 1:  # one image does not fit whole: `run` tiles it
+                    got_one, st = self.run(chunk[0], quantize=quantize)
+                    outs.append(got_one)
+                    stats.append(st)
+                    i += 1
+                    continue
+                step = max(1, step // 2)
+                self._frames_cap = step  # keep the working batch for the rest of the run
+                continue
+            share = (time.perf_counter() - start) / len(chunk)
+            for out in got:
+                outs.append(out)
+                stats.append(RunStats(tile=0, tiles=1, infer_s=share, model_info=list(info), pending=pending))
+            i += len(chunk)
+        return outs, stats
+
+    def _one_by_one(self, images: list[torch.Tensor],
+                    quantize: int | None) -> tuple[list[torch.Tensor], list[RunStats]]:
+        pairs = [self.run(im, quantize=quantize) for im in images]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def _run_whole(self, images: list[torch.Tensor], plan: TilePlan, quantize: int | None,
+                   wait: bool) -> tuple[list[torch.Tensor], list[dict], _Pending | None]:
+        """One forward of a single-tile plan over a stack of images; the same pixels `_run_plan` gives each."""
+        if self.should_stop():
+            raise InterruptError("interrupted")
+        s = plan.scale
+        cuda = self.device.type == "cuda"
+        stack = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype, pin_memory=cuda)
+        torch.stack(images, out=stack)  # straight into pinned memory: one copy, and an asynchronous upload
+        if cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record(torch.cuda.current_stream(self.device))
+        x = pad_reflect(_unit_float(stack.to(self.device, non_blocking=True)), *plan.pad)
+        ((_, _, y, x0),) = plan.positions()
+        wy, wx = plan.window_origin(y, x0)
+        windows = x[:, :, wy:wy + plan.window_h, wx:wx + plan.window_w]
+        info: list[dict] = []
+        with torch.inference_mode():
+            y_dev = self.call(self.model, self._to_format(windows.to(self.dtype)))
+            last = getattr(self.model, "last_info", None)
+            if last:
+                info.append(dict(last))
+            if y_dev.shape[-2:] != (plan.window_h * s, plan.window_w * s):
+                raise RestoreError(f"{self.spec.id} returned {tuple(y_dev.shape[-2:])} for a "
+                                   f"{plan.window_h}x{plan.window_w} tile, expected scale {s}")
+            oy, ox = (y - wy) * s, (x0 - wx) * s
+            core = y_dev[:, :, oy:oy + plan.tile_h * s, ox:ox + plan.tile_w * s].float()
+            if not cuda:
+                return list(_finish(core, quantize).unbind(0)), info, None
+            return self._download(core, quantize, start, wait, info)
+
+    def _download(self, core: torch.Tensor, quantize: int | None, start: torch.cuda.Event, wait: bool,
+                  info: list[dict]) -> tuple[list[torch.Tensor], list[dict], _Pending | None]:
+        """Quantise on the device, then copy to pinned host memory on a side stream (the compute stream goes on
+        with the next batch); channels-last on both sides, so the host gets H x W x C pictures without a CPU
+        transpose."""
+        if quantize is not None:
+            core = core.clamp_(0.0, 1.0).mul_(float(quantize)).round_().to(
+                torch.uint8 if quantize == 255 else torch.int32)
+        hwc = core.permute(0, 2, 3, 1).contiguous()
+        compute = torch.cuda.current_stream(self.device)
+        end = torch.cuda.Event(enable_timing=True)
+        end.record(compute)
+        host = torch.empty(hwc.shape, dtype=hwc.dtype, pin_memory=True)
+        if not hasattr(self, "_copy_stream"):
+            self._copy_stream = torch.cuda.Stream(self.device)
+        copy = self._copy_stream
+        copy.wait_stream(compute)
+        with torch.cuda.stream(copy):
+            host.copy_(hwc, non_blocking=True)
+        hwc.record_stream(copy)  # its memory is not reused before the copy has read it
+        copied = torch.cuda.Event()
+        copied.record(copy)
+        pending = _Pending(start, end, copied, core.shape[0])
+        if wait:
+            pending.wait()
+            pending = None
+        return [im.permute(2, 0, 1) for im in host.unbind(0)], info, pending
 
     def _resident(self, image: torch.Tensor, plan: TilePlan) -> bool:
         """Whether the whole image (as float) and the output accumulators go on the GPU: fast, and they fit."""

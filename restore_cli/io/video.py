@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -31,11 +33,13 @@ if TYPE_CHECKING:
     import av as _av_module
 
 __all__ = [
+    "DecodedFrame",
     "Frame",
     "StreamInfo",
     "VideoInfo",
     "VideoReader",
     "VideoWriter",
+    "encoders",
     "probe",
     "read_frames",
 ]
@@ -69,6 +73,8 @@ _MUXER_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder", "
 # AVColorSpace -> swscale matrix name, for RGB<->YUV conversions that match the tags.
 _SWS_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "SMPTE170M", 7: "SMPTE240M", 9: "BT2020", 10: "BT2020"}
 _RANGE_NAMES = {1: "MPEG", 2: "JPEG"}
+# FFmpeg's muxers of the MP4/QuickTime family (edit lists in a movie timescale).
+_MOV_MUXERS = {"mp4", "mov", "ipod", "3gp", "3g2", "psp", "ismv", "f4v"}
 # Output codec for an audio stream the container cannot hold, by container.
 _AUDIO_FALLBACK = ("aac", "libopus", "flac", "libmp3lame", "pcm_s16le")
 
@@ -145,6 +151,23 @@ class Frame:
         if self.pts is None or self.time_base is None:
             return None
         return self.pts * self.time_base
+
+
+@dataclass
+class DecodedFrame:
+    """A decoded picture before its conversion to RGB, the costly part, which `to_frame` may run on another thread."""
+
+    av_frame: Any
+    deep: bool  # convert to 16-bit RGB
+    pts: int | None
+    time_base: Fraction | None
+    index: int
+    duration: int | None = None
+
+    def to_frame(self) -> Frame:
+        pixels = VideoReader.pixels(self.av_frame, self.deep)
+        self.av_frame = None  # the decoder's buffer goes back as soon as the pixels are out
+        return Frame(pixels, self.pts, self.time_base, self.index, self.duration)
 
 
 # --------------------------------------------------------------------------- probe
@@ -274,17 +297,22 @@ def _attached_pic(av: Any) -> int:
 class VideoReader:
     """Decodes the first video stream to `Frame`s in presentation order, surviving damage.
 
-    Iterate it (once). Decoding errors do not stop the iteration: every decodable frame is
-    yielded and each problem is recorded in `errors`; a file that ends early (truncated copy)
-    is reported there too once iteration finishes.
+    Iterate it (or `decoded()`, which leaves the RGB conversion to the caller). Decoding errors
+    do not stop the iteration: every decodable frame is yielded and each problem is recorded in
+    `errors`; a file that ends early (truncated copy) is reported there too once iteration
+    finishes. The range [start, stop) counts frame indices; [start_time, stop_time) counts seconds
+    from the first frame's timestamp; frames must be inside both.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, start: int | None = None, stop: int | None = None) -> None:
-        if (start is not None and start < 0) or (stop is not None and stop < 0):
+    def __init__(self, path: str | os.PathLike[str], *, start: int | None = None, stop: int | None = None,
+                 start_time: Fraction | float | None = None, stop_time: Fraction | float | None = None) -> None:
+        if any(v is not None and v < 0 for v in (start, stop, start_time, stop_time)):
             raise ValueError("start and stop must be >= 0")
         self.path = Path(path)
         self.start = start or 0
         self.stop = stop
+        self.start_time = Fraction(start_time) if start_time is not None else None
+        self.stop_time = Fraction(stop_time) if stop_time is not None else None
         self.errors: list[str] = []
         self.frames_decoded = 0
         info, why = _probe(self.path)
@@ -293,6 +321,11 @@ class VideoReader:
         self.info = info
 
     def __iter__(self) -> Iterator[Frame]:
+        for decoded in self.decoded():
+            yield decoded.to_frame()
+
+    def decoded(self) -> Iterator[DecodedFrame]:
+        """The frames in range, decoded but not yet converted to RGB."""
         av = _av()
         self.errors = []  # each pass reports its own problems
         self.frames_decoded = 0
@@ -302,11 +335,12 @@ class VideoReader:
         finally:
             container.close()
 
-    def _frames(self, av: Any, container: Any) -> Iterator[Frame]:
+    def _frames(self, av: Any, container: Any) -> Iterator[DecodedFrame]:
         stream = container.streams[self.info.stream_index]
         stream.thread_type = "AUTO"
         deep = self.info.bit_depth > 8
         index = 0
+        first: Fraction | None = None  # the first frame's time: time ranges count from it
         last_end: Fraction | None = None
         packets = container.demux(stream)
         while True:
@@ -329,16 +363,23 @@ class VideoReader:
                 if self.stop is not None and index >= self.stop:
                     return
                 tb = Fraction(vf.time_base) if vf.time_base is not None else None
-                if vf.pts is not None and tb is not None:
+                t = vf.pts * tb if vf.pts is not None and tb is not None else None
+                if t is not None:
                     last_end = (vf.pts + (vf.duration or 0)) * tb
-                if index >= self.start:
-                    yield Frame(self._pixels(vf, deep), vf.pts, tb, index, vf.duration or None)
+                    first = t if first is None else first
+                since = t - first if t is not None and first is not None else None
+                if self.stop_time is not None and since is not None and since >= self.stop_time:
+                    return
+                late_enough = self.start_time is None or (since is not None and since >= self.start_time)
+                if index >= self.start and late_enough:
+                    yield DecodedFrame(vf, deep, vf.pts, tb, index, vf.duration or None)
                 index += 1
                 self.frames_decoded = index
         self._check_end(last_end, index)
 
     @staticmethod
-    def _pixels(vf: Any, deep: bool) -> np.ndarray:
+    def pixels(vf: Any, deep: bool) -> np.ndarray:
+        """A decoded PyAV frame as H x W x 3 RGB (uint16 when `deep`), converted by the frame's own colour tags."""
         kwargs: dict[str, Any] = {}
         src_range = _RANGE_NAMES.get(int(vf.color_range))
         if src_range is not None:  # swscale assumes limited range unless told
@@ -352,7 +393,7 @@ class VideoReader:
     def _check_end(self, last_end: Fraction | None, count: int) -> None:
         """Compare the decoded end with the duration the container announced."""
         expected = self.info.duration
-        if expected is None or last_end is None or self.stop is not None:
+        if expected is None or last_end is None or self.stop is not None or self.stop_time is not None:
             return
         rate = self.info.frame_rate
         tolerance = float(1 / rate) if rate else 0.1
@@ -365,12 +406,15 @@ class VideoReader:
             )
 
 
-def read_frames(path: str | os.PathLike[str], *, start: int | None = None, stop: int | None = None) -> Iterator[Frame]:
-    """Every frame of the first video stream, in presentation order; `start`/`stop` pick an index range.
+def read_frames(path: str | os.PathLike[str], *, start: int | None = None, stop: int | None = None,
+                start_time: Fraction | float | None = None, stop_time: Fraction | float | None = None,
+                ) -> Iterator[Frame]:
+    """Every frame of the first video stream, in presentation order; `start`/`stop` pick an index range,
+    `start_time`/`stop_time` a time range (seconds from the first frame).
 
     Problems with damaged files are logged as warnings; use `VideoReader` to get them as a list.
     """
-    reader = VideoReader(path, start=start, stop=stop)
+    reader = VideoReader(path, start=start, stop=stop, start_time=start_time, stop_time=stop_time)
     yield from reader
     for problem in reader.errors:
         _log.warning("%s: %s", _show(reader.path), problem)
@@ -393,6 +437,56 @@ def _fits(av: Any, encoder: str, fmt_codecs: set[str]) -> bool:
     return _encoder_exists(av, encoder) and av.Codec(encoder, "w").canonical_name in fmt_codecs
 
 
+#: The encoders `restore doctor` reports on, in the order it lists them.
+ENCODERS = ("libx264", "libx265", "libsvtav1", "libaom-av1", "ffv1", "h264_nvenc", "hevc_nvenc")
+
+
+def encoders() -> dict[str, str]:
+    """ENCODERS -> "yes" or why not. Hardware encoders count only if one opens here (a GPU, a driver, a session)."""
+    av = _av()
+    found = {}
+    for name in ENCODERS:
+        if not _encoder_exists(av, name):
+            found[name] = "not in this PyAV build"
+        elif name.endswith(("_nvenc", "_qsv", "_vaapi", "_amf")):
+            found[name] = _opens(av, name)
+        else:
+            found[name] = "yes"
+    return found
+
+
+def _opens(av: Any, name: str) -> str:
+    try:
+        cc = av.CodecContext.create(name, "w")
+        cc.width, cc.height, cc.pix_fmt = 256, 256, "yuv420p"
+        cc.time_base = Fraction(1, 25)
+        cc.open()
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        return f"cannot open: {_reason(exc)}"
+    return "yes"
+
+
+@dataclass
+class ConvertedFrame:
+    """A frame in the encoder's pixel format (from `VideoWriter.convert`), with its timing."""
+
+    av_frame: Any
+    pts: int | None
+    time_base: Fraction | None
+    duration: int | None
+
+
+@dataclass(frozen=True)
+class StreamHandling:
+    """What the writer did with one of the source's other streams."""
+
+    index: int
+    type: str
+    codec: str
+    action: str  # copied | trimmed | re-encoded | dropped
+    detail: str = ""
+
+
 class VideoWriter:
     """Encodes frames into `path` atomically and remuxes the source's other streams.
 
@@ -401,9 +495,13 @@ class VideoWriter:
     and `path` is left as it was. `notes` lists every decision a user should know about (codec
     fallback, a stream re-encoded or dropped because the container cannot hold it).
 
-    The video stream is created on the first `write`, so the output may have any size (an
-    upscaler doubles it). Frames carrying pts/time_base keep them; bare arrays get consecutive
-    timestamps at `rate` (or the source's frame rate).
+    The video stream is created on the first `write` (or `convert`), so the output may have any
+    size (an upscaler doubles it). Frames carrying pts/time_base keep them; bare arrays get
+    consecutive timestamps at `rate` (or the source's frame rate). `convert` may run on several
+    threads at once (the costly RGB -> YUV step); `write` takes frames one at a time, in order.
+
+    `trim_streams`: copy the other streams only over the span the written frames cover (a frame
+    range of a longer source). `streams` says what happened to each of them.
     """
 
     def __init__(
@@ -418,6 +516,7 @@ class VideoWriter:
         rate: Fraction | int | None = None,
         container_format: str | None = None,
         copy_streams: bool = True,
+        trim_streams: bool = False,
         options: dict[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
@@ -434,8 +533,10 @@ class VideoWriter:
         self.rate = Fraction(rate) if rate is not None else None
         self.container_format = container_format
         self.copy_streams = copy_streams
+        self.trim_streams = trim_streams
         self.extra_options = dict(options or {})
         self.notes: list[str] = []
+        self.streams: list[StreamHandling] = []
         self.codec: str | None = None
         self.pix_fmt: str | None = None
         self.frames_written = 0
@@ -450,6 +551,11 @@ class VideoWriter:
         self._pending: Iterator[Any] | None = None  # source packets of other streams, in file order
         self._held: Any = None  # one packet read ahead from `_pending`
         self._next_pts = 0
+        self._lock = threading.Lock()  # the first `convert` opens the stream; others wait for it
+        self._reformat: dict[str, Any] = {}
+        # with trim_streams: the span (seconds) the written frames cover
+        self._span_start: Fraction | None = None
+        self._span_end: Fraction | None = None
 
     # ---------------------------------------------------------------- context manager
 
@@ -459,6 +565,10 @@ class VideoWriter:
         try:
             kwargs: dict[str, Any] = {"format": self.container_format} if self.container_format else {}
             self._out = self._av.open(os.fspath(self._tmp), "w", **kwargs)
+            if self._out.format.name in ("matroska", "webm"):
+                # Matroska holds negative timestamps (an MP4's AAC priming packet sits at -21 ms); FFmpeg's
+                # default shifts every stream to start at 0 instead, moving all timestamps
+                self._out.options["avoid_negative_ts"] = "disabled"
         except (OSError, self._av.FFmpegError, ValueError) as exc:
             self._discard()
             folder = self.path.parent
@@ -497,6 +607,10 @@ class VideoWriter:
             return tmp
         raise VideoError(f"{_show(self.path)}: cannot write: no free temporary name")
 
+    def discard(self) -> None:
+        """Give up: delete the temporary file; `path` stays as it was (for a writer entered without `with`)."""
+        self._discard()
+
     def _discard(self) -> None:
         for c in (self._out, self._src):
             if c is not None:
@@ -518,13 +632,13 @@ class VideoWriter:
         try:
             for packet in self._vstream.encode(None):
                 self._mux_other_until(self._packet_time(packet))
-                self._out.mux(packet)
-            self._mux_other_until(None)
+                self._mux(packet)
+            self._mux_other_until(self._span_end if self.trim_streams else None)
             for ostream, resampler, fifo in self._reencode.values():
                 self._encode_audio(ostream, resampler, fifo, None)
             self._out.close()
-        except av.FFmpegError as exc:
-            raise VideoError(f"{show}: cannot encode: {_reason(exc)}") from exc
+        except (av.FFmpegError, OSError) as exc:
+            raise self._write_error(exc, "cannot encode") from exc
         self._out = None
         if self._src is not None:
             self._src.close()
@@ -537,8 +651,18 @@ class VideoWriter:
                 os.fsync(fh.fileno())
             os.replace(self._tmp, self.path)
         except OSError as exc:
-            raise VideoError(f"{show}: cannot write: {_reason(exc)}") from exc
+            raise self._write_error(exc, "cannot write") from exc
         self._tmp = None
+
+    def _write_error(self, exc: BaseException, what: str) -> VideoError:
+        """One line naming the output; a full disk says so plainly (the partial file is deleted by the caller)."""
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return VideoError(f"{_show(self.path)}: cannot write: disk full (no space left on the device); "
+                              "the partial file was deleted")
+        return VideoError(f"{_show(self.path)}: {what}: {_reason(exc)}")
+
+    def _mux(self, packet: Any) -> None:
+        self._out.mux(packet)
 
     # ---------------------------------------------------------------- stream setup
 
@@ -624,10 +748,32 @@ class VideoWriter:
                 if key.lower() not in _MUXER_KEYS:
                     self._out.metadata[key] = value
             self._copy_video_stream_tags(av, stream)
+        self._reformat = {"format": pix_fmt}
+        if self.info is not None:  # RGB -> YUV by the matrix and range the output is tagged with
+            matrix = _SWS_MATRIX.get(self.info.colorspace)
+            if matrix is not None:
+                self._reformat["dst_colorspace"] = matrix
+            rng = _RANGE_NAMES.get(self.info.color_range)
+            if rng is not None:
+                self._reformat["dst_color_range"] = rng
         self._vstream = stream
         self.codec, self.pix_fmt = codec, pix_fmt
         if self.source is not None and self.copy_streams:
             self._open_copies()
+        self._exact_mp4_starts()
+
+    def _exact_mp4_starts(self) -> None:
+        """MP4/MOV say where a track starts (an edit list) in the movie's clock, milliseconds unless told; a track
+        that starts later (a --frames range) would move to a whole millisecond. A clock every track's time base
+        divides keeps each start exact."""
+        if self._out.format.name not in _MOV_MUXERS:
+            return
+        scale = 1
+        for stream in self._out.streams:
+            if stream.time_base is not None:
+                scale = math.lcm(scale, Fraction(stream.time_base).denominator)
+        if 1000 < scale < 2**31:
+            self._out.options["movie_timescale"] = str(scale)
 
     def _open_copies(self) -> None:
         """Add an output stream for every other source stream; they are muxed as video goes out."""
@@ -641,22 +787,30 @@ class VideoWriter:
                 continue
             name = s.codec_context.name if s.codec_context else "unknown"
             label = f"stream {s.index} ({s.type} {name})"
+            handled = (s.index, s.type, name)
             if s.type == "video" and not (s.disposition & _attached_pic(av)):
                 self.notes.append(f"{label} dropped: only the first video stream is restored")
+                self.streams.append(StreamHandling(*handled, "dropped", "only the first video stream is restored"))
                 continue
             if name in fmt_codecs:
                 try:
                     out = self._out.add_stream_from_template(s)
                 except (av.FFmpegError, ValueError) as exc:
                     self.notes.append(f"{label} dropped: {_reason(exc)}")
+                    self.streams.append(StreamHandling(*handled, "dropped", _reason(exc)))
                     continue
                 self._copy_stream_tags(s, out)
                 self._copy_map[s.index] = out
                 keep.append(s)
+                if self.trim_streams:
+                    self.streams.append(StreamHandling(*handled, "trimmed", "packets within the frame range"))
+                else:
+                    self.streams.append(StreamHandling(*handled, "copied"))
             elif s.type == "audio":
                 target = next((c for c in _AUDIO_FALLBACK if _fits(av, c, fmt_codecs)), None)
                 if target is None:
                     self.notes.append(f"{label} dropped: the container holds no audio codec this PyAV can encode")
+                    self.streams.append(StreamHandling(*handled, "dropped", "no audio codec for this container"))
                     continue
                 rate = s.codec_context.sample_rate
                 rates = av.Codec(target, "w").audio_rates
@@ -672,8 +826,10 @@ class VideoWriter:
                 self._reencode[s.index] = (out, resampler, av.AudioFifo())
                 keep.append(s)
                 self.notes.append(f"{label} re-encoded to {target}: the container cannot hold {name}")
+                self.streams.append(StreamHandling(*handled, "re-encoded", f"to {target}"))
             else:
                 self.notes.append(f"{label} dropped: the container cannot hold {name}")
+                self.streams.append(StreamHandling(*handled, "dropped", f"the container cannot hold {name}"))
         self._pending = self._src.demux(*keep) if keep else None
 
     def _copy_video_stream_tags(self, av: Any, out: Any) -> None:
@@ -700,47 +856,55 @@ class VideoWriter:
 
     # ---------------------------------------------------------------- writing
 
-    def write(self, frame: Frame | np.ndarray) -> None:
-        """Encode one frame (H x W x 3 RGB, uint8 or uint16); a `Frame` keeps its pts and time base."""
+    def convert(self, frame: Frame | np.ndarray) -> ConvertedFrame:
+        """A frame (H x W x 3 RGB, uint8 or uint16) in the encoder's pixel format, for `write`.
+
+        Safe to call from several threads at once; the first call opens the video stream with the
+        frame's size and depth. A `Frame` keeps its pts, time base and duration.
+        """
         if self._out is None:
             raise VideoError(f"{_show(self.path)}: writer is not open (use it in a with block)")
-        av = self._av
         pixels = frame.pixels if isinstance(frame, Frame) else frame
         if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype not in (np.uint8, np.uint16):
             raise ValueError(f"frames must be H x W x 3 uint8 or uint16, got {pixels.shape} {pixels.dtype}")
         deep = pixels.dtype == np.uint16
         height, width = pixels.shape[:2]
-        pts = frame.pts if isinstance(frame, Frame) else None
-        tb = frame.time_base if isinstance(frame, Frame) else None
-        if self._vstream is None:
-            self._open_video(width, height, deep, tb)
+        timing = (frame.pts, frame.time_base, frame.duration) if isinstance(frame, Frame) else (None, None, None)
+        with self._lock:
+            if self._vstream is None:
+                self._open_video(width, height, deep, timing[1])
         vs = self._vstream
         if (width, height) != (vs.width, vs.height):
             raise ValueError(f"frame size {width}x{height} differs from the stream's {vs.width}x{vs.height}")
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb48le" if deep else "rgb24")
-        kwargs: dict[str, Any] = {"format": self.pix_fmt}
-        if self.info is not None:
-            matrix = _SWS_MATRIX.get(self.info.colorspace)
-            if matrix is not None:
-                kwargs["dst_colorspace"] = matrix
-            rng = _RANGE_NAMES.get(self.info.color_range)
-            if rng is not None:
-                kwargs["dst_color_range"] = rng
-        vf = vf.reformat(**kwargs)
+        vf = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb48le" if deep else "rgb24")
+        return ConvertedFrame(vf.reformat(**self._reformat), *timing)
+
+    def write(self, frame: Frame | np.ndarray | ConvertedFrame) -> None:
+        """Encode one frame (see `convert`), in presentation order."""
+        ready = frame if isinstance(frame, ConvertedFrame) else self.convert(frame)
+        av, vs = self._av, self._vstream
+        vf = ready.av_frame
         ctb = Fraction(vs.codec_context.time_base)
-        if pts is not None and tb is not None and tb != ctb:
-            pts = round(pts * tb / ctb)  # a frame from another clock: rescale to ours
+        pts, tb, duration = ready.pts, ready.time_base, ready.duration
+        if pts is not None and tb is not None and tb != ctb:  # a frame from another clock: rescale to ours
+            pts = round(pts * tb / ctb)
+            duration = round(duration * tb / ctb) if duration else duration
         vf.pts = pts if pts is not None else self._next_pts
         vf.time_base = ctb
-        if isinstance(frame, Frame) and frame.duration:
-            vf.duration = frame.duration
-        self._next_pts = vf.pts + max(1, round(1 / (self._rate() * ctb)))
+        if duration:
+            vf.duration = duration
+        step = max(1, round(1 / (self._rate() * ctb)))
+        self._next_pts = vf.pts + step
+        if self._span_start is None:
+            self._span_start = vf.pts * ctb
+        end = (vf.pts + (duration or step)) * ctb
+        self._span_end = end if self._span_end is None else max(self._span_end, end)
         try:
             for packet in vs.encode(vf):
                 self._mux_other_until(self._packet_time(packet))
-                self._out.mux(packet)
-        except av.FFmpegError as exc:
-            raise VideoError(f"{_show(self.path)}: cannot encode frame {self.frames_written}: {_reason(exc)}") from exc
+                self._mux(packet)
+        except (av.FFmpegError, OSError) as exc:
+            raise self._write_error(exc, f"cannot encode frame {self.frames_written}") from exc
         self.frames_written += 1
 
     def _rate(self) -> Fraction:
@@ -768,17 +932,29 @@ class VideoWriter:
             t = self._packet_time(packet)
             if until is not None and t is not None and t > until:
                 return
+            if self.trim_streams and not self._in_span(packet, t):
+                self._held = None
+                continue
             self._held = None
             if packet.size == 0 and packet.pts is None:  # demux's end-of-stream flush marker
                 continue
             index = packet.stream.index
             if index in self._copy_map:
                 packet.stream = self._copy_map[index]
-                self._out.mux(packet)
+                self._mux(packet)
             elif index in self._reencode:
                 out, resampler, fifo = self._reencode[index]
                 for af in packet.decode():
                     self._encode_audio(out, resampler, fifo, af)
+
+    def _in_span(self, packet: Any, t: Fraction | None) -> bool:
+        """Whether a packet of another stream overlaps the span the written frames cover."""
+        if t is None or self._span_start is None:
+            return True
+        duration = (packet.duration or 0) * Fraction(packet.time_base) if packet.time_base else 0
+        if t + duration <= self._span_start if duration else t < self._span_start:
+            return False
+        return self._span_end is None or t < self._span_end
 
     def _encode_audio(self, out: Any, resampler: Any, fifo: Any, af: Any) -> None:
         """Resample and encode one decoded audio frame (None: flush), in the encoder's frame size."""
@@ -794,7 +970,7 @@ class VideoWriter:
             if chunk is None:
                 break
             for packet in out.encode(chunk):
-                self._out.mux(packet)
+                self._mux(packet)
         if af is None:
             for packet in out.encode(None):
-                self._out.mux(packet)
+                self._mux(packet)
