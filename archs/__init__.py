@@ -20,6 +20,7 @@ _FAMILY_MODULES: list[str] = [
     "dat", "osrt", "hit_srf", "pft", "grl",
     "esrganplus", "eqrsrgan", "fat", "cfat", "microsr", "oapt",
     "esc", "mosrv2", "moesr", "catanet", "lkfmixer", "dis",
+    "paragonsr", "paragonsr2", "elysiumsr", "hyperionsr", "aether", "cfsr",
 ]
 
 _ENTRIES: dict[str, ArchEntry] = {}

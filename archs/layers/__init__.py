@@ -40,4 +40,8 @@ Module map (public names):
   `read_uniupsample` (its kwargs from a state dict), `uniupsample_radius`, `dysample_groups_ok` (RHA, MoSRv2, MoESR,
   ESCRealM).
 * `mambaout`: MambaOut's `GatedCNNBlock` (LayerNorm2d or RMSNorm2d) and `InceptionDWConv2d` (MoSRv2, MoESR).
+* `magic_kernel`: Magic Kernel Sharp 2021 taps `MAGIC_KERNEL`, `MAGIC_SHARP_2021`, `separable_convs` (the fixed
+  depthwise h/v pair), `nearest_upscale` (ParagonSR, ParagonSR2).
+* `branch_fusion`: `center_pad`, `sum_branches`: parallel same-padded conv branches summed into one conv
+  (ParagonSR's ReparamConvV2, Aether's ReparamLargeKernelConv).
 """
