@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,6 +36,12 @@ def same_keys_and_shapes(build: Callable[[], nn.Module], sd: StateDict) -> bool:
     if ref.keys() != sd.keys():
         return False
     return all(tuple(ref[k].shape) == tuple(sd[k].shape) for k in ref)
+
+
+def rebuilds(cls: Callable[..., nn.Module], kwargs: Mapping[str, Any], sd: StateDict) -> dict[str, Any] | None:
+    """`dict(kwargs)` when `cls(**kwargs)` rebuilds the state dict's keys and shapes exactly, else None."""
+    kw = dict(kwargs)
+    return kw if same_keys_and_shapes(lambda: cls(**kw), sd) else None
 
 
 def seq_lengths(sd: StateDict, prefix: str) -> dict[int, int]:

@@ -18,6 +18,10 @@ from torch import nn
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def is_low_precision(dtype: torch.dtype) -> bool:
+    return dtype in LOW_PRECISION
+
+
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """x in float32 when it is float16/bfloat16, else x itself."""
     return x.float() if x.dtype in LOW_PRECISION else x
