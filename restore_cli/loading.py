@@ -143,6 +143,12 @@ def build_from_state_dict(sd: Mapping[str, torch.Tensor], *, where: str, arch: s
     try:
         model = archs.build(arch, **kw)
     except (TypeError, ValueError, KeyError) as e:
-        raise WeightsError(f"{where}: cannot build {arch}: {e}") from None
+        # A preset of an unpublished configuration names no kwargs; when upstream's defaults cannot build, the
+        # weights say what they are (the named arch's own detector).
+        detect = archs.entry(arch).detect if not kw else None
+        found = detect(sd) if detect is not None else None
+        if found is None:
+            raise WeightsError(f"{where}: cannot build {arch}: {e}") from None
+        model = archs.build(arch, **found)
     load_strict(model, sd, where=where)
     return model.eval()
