@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import torch
-from tests.test_seams import smooth_image
 
 import archs
 from restore_cli.engine.runner import Runner
+from tests.util import smooth_image
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("ParagonSR2", {"variant": "realtime", "num_feat": 8, "num_groups": 1, "num_blocks": 2, "scale": 2}),
