@@ -34,7 +34,7 @@ from torch import nn
 
 from .layers.detect import count_indexed, pixel_shuffle_scale, ratio_for, same_keys_and_shapes
 from .layers.swin import PatchEmbed, WindowAttention, patch_unembed, shifted_window_attention
-from .layers.upsample import Upsample, UpsampleOneStep
+from .layers.upsample import add_swinir_head, swinir_head
 from .layers.window import relative_position_index, shifted_window_mask
 from .spec import ArchEntry, ArchSpec, StateDict
 
@@ -257,22 +257,8 @@ class ATD(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = _resi_conv(embed_dim, resi_connection)
-        if upsampler in ("pixelshuffle", "nearest+conv"):
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, _NUM_FEAT, 3, 1, 1),
-                                                      nn.LeakyReLU(inplace=True))
-        if upsampler == "pixelshuffle":
-            self.upsample: nn.Module = Upsample(upscale, _NUM_FEAT)
-            self.conv_last = nn.Conv2d(_NUM_FEAT, in_chans, 3, 1, 1)
-        elif upsampler == "pixelshuffledirect":
-            self.upsample = UpsampleOneStep(upscale, embed_dim, in_chans)
-        elif upsampler == "nearest+conv":
-            self.conv_up1 = nn.Conv2d(_NUM_FEAT, _NUM_FEAT, 3, 1, 1)
-            self.conv_up2 = nn.Conv2d(_NUM_FEAT, _NUM_FEAT, 3, 1, 1)
-            self.conv_hr = nn.Conv2d(_NUM_FEAT, _NUM_FEAT, 3, 1, 1)
-            self.conv_last = nn.Conv2d(_NUM_FEAT, in_chans, 3, 1, 1)
-            self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
-        else:
-            self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
+        add_swinir_head(self, upsampler=upsampler, upscale=upscale, embed_dim=embed_dim, num_feat=_NUM_FEAT,
+                        out_chans=in_chans)
 
     def forward_features(self, x: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
         x_size = (x.shape[2], x.shape[3])
@@ -301,15 +287,7 @@ class ATD(nn.Module):
         else:
             x = self.conv_first(x)
             x = self.conv_after_body(self.forward_features(x, params)) + x
-            if self.upsampler == "pixelshuffle":
-                x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
-            elif self.upsampler == "pixelshuffledirect":
-                x = self.upsample(x)
-            else:
-                x = self.conv_before_upsample(x)
-                x = self.lrelu(self.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")))
-                x = self.lrelu(self.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")))
-                x = self.conv_last(self.lrelu(self.conv_hr(x)))
+            x = swinir_head(self, x)
         if self.is_norm:
             x = x / self.img_range + mean
         return x[..., :h0 * self.upscale, :w0 * self.upscale]

@@ -32,7 +32,7 @@ from torch import nn
 from .layers.detect import count_indexed, pixel_shuffle_scale, ratio_for, same_keys_and_shapes
 from .layers.drop import DropPath
 from .layers.posbias import DynamicPosBias, offset_table
-from .layers.upsample import Upsample, UpsampleOneStep
+from .layers.upsample import add_swinir_head, swinir_head
 from .layers.window import relative_position_index, window_partition, window_reverse
 from .spec import ArchEntry, ArchSpec, StateDict
 
@@ -288,24 +288,8 @@ class hit_srf(nn.Module):  # noqa: N801 (upstream class name)
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = _resi_conv(embed_dim, resi_connection)
-        if upsampler in ("pixelshuffle", "nearest+conv"):
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
-                                                      nn.LeakyReLU(inplace=True))
-        if upsampler == "pixelshuffle":
-            self.upsample: nn.Module = Upsample(upscale, num_feat)
-            self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
-        elif upsampler == "pixelshuffledirect":
-            self.upsample = UpsampleOneStep(upscale, embed_dim, in_chans)
-        elif upsampler == "nearest+conv":
-            if upscale != 4:
-                raise ValueError("upsampler 'nearest+conv' supports upscale 4 only")
-            self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
-            self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
-        else:
-            self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
+        add_swinir_head(self, upsampler=upsampler, upscale=upscale, embed_dim=embed_dim, num_feat=num_feat,
+                        out_chans=in_chans)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -327,15 +311,7 @@ class hit_srf(nn.Module):  # noqa: N801 (upstream class name)
                 + mean
         x = self.conv_first(x)
         x = self.conv_after_body(self.forward_features(x)) + x
-        if self.upsampler == "pixelshuffle":
-            x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
-        elif self.upsampler == "pixelshuffledirect":
-            x = self.upsample(x)
-        else:
-            x = self.conv_before_upsample(x)
-            x = self.lrelu(self.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")))
-            x = self.lrelu(self.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")))
-            x = self.conv_last(self.lrelu(self.conv_hr(x)))
+        x = swinir_head(self, x)
         return x / self.img_range + mean
 
 

@@ -37,7 +37,7 @@ from .layers.deform import DCNv2Pack, flow_warp
 from .layers.detect import count_indexed, pixel_shuffle_scale, ratio_for, same_keys_and_shapes
 from .layers.drop import DropPath
 from .layers.padding import pad_to_multiple
-from .layers.upsample import Upsample, UpsampleOneStep
+from .layers.upsample import add_swinir_head, swinir_head
 from .layers.window import relative_position_index, shifted_window_mask, window_partition, window_reverse
 from .spec import ArchEntry, ArchSpec, StateDict
 
@@ -334,24 +334,8 @@ class OSRT(nn.Module):
         self.use_dcn_conv = body.use_dcn_conv
         if body.use_dcn_conv:
             self.offset_conv, self.dcn = body.offset_conv, body.dcn
-        if upsampler in ("pixelshuffle", "nearest+conv"):
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
-                                                      nn.LeakyReLU(inplace=True))
-        if upsampler == "pixelshuffle":
-            self.upsample: nn.Module = Upsample(upscale, num_feat)
-            self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
-        elif upsampler == "pixelshuffledirect":
-            self.upsample = UpsampleOneStep(upscale, embed_dim, in_chans)
-        elif upsampler == "nearest+conv":
-            if upscale != 4:
-                raise ValueError("upsampler 'nearest+conv' supports upscale 4 only")
-            self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-            self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
-            self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
-        else:
-            self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
+        add_swinir_head(self, upsampler=upsampler, upscale=upscale, embed_dim=embed_dim, num_feat=num_feat,
+                        out_chans=in_chans)
 
     def forward_features(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -376,16 +360,8 @@ class OSRT(nn.Module):
         condition = pad_to_multiple(condition.to(x.dtype), self.window_size, mode="reflect_or_replicate")
         mean = self.mean.to(x.dtype)  # type: ignore[operator]
         x = (x - mean) * self.img_range
-        if self.upsampler == "pixelshuffle":
-            x = self._body(self.conv_first(x), condition)
-            x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
-        elif self.upsampler == "pixelshuffledirect":
-            x = self.upsample(self._body(self.conv_first(x), condition))
-        elif self.upsampler == "nearest+conv":
-            x = self.conv_before_upsample(self._body(self.conv_first(x), condition))
-            x = self.lrelu(self.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")))
-            x = self.lrelu(self.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")))
-            x = self.conv_last(self.lrelu(self.conv_hr(x)))
+        if self.upsampler:
+            x = swinir_head(self, self._body(self.conv_first(x), condition))
         else:
             x = x + self.conv_last(self._body(self.conv_first(x), condition))
         s = self.upscale if self.upsampler else 1

@@ -4,9 +4,7 @@ and every official keys manifest builds exactly those keys and shapes, and is de
 from __future__ import annotations
 
 import json
-import lzma
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -20,6 +18,7 @@ from tests.util import (
     expected_detections,
     golden_inputs,
     read_golden,
+    read_manifest,
     recipe_state_dict,
     rel_l2,
 )
@@ -45,12 +44,7 @@ GOLDENS = sorted(p for p in [*GOLDEN.glob("*.safetensors"), *GOLDEN.glob("real/*
                  if _known(_meta(p)["class"]))
 
 
-def _manifest(path: Path) -> dict[str, Any]:
-    """A keys manifest, plain (`*.keys.json`) or xz-compressed minified JSON (`*.keys.json.xz`)."""
-    if path.suffix == ".xz":
-        with lzma.open(path, "rt") as f:
-            return json.load(f)
-    return json.loads(path.read_text())
+_manifest = read_manifest
 
 
 MANIFESTS = sorted(p for p in [*GOLDEN.glob("*.keys.json"), *GOLDEN.glob("*.keys.json.xz")]

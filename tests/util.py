@@ -4,6 +4,7 @@ the detector round trip, randomised weights, test images and the tiled-vs-whole 
 from __future__ import annotations
 
 import json
+import lzma
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -70,11 +71,19 @@ def load_golden(path: Path, cls: str | None = None) -> tuple[torch.nn.Module, di
     return model.eval(), t, meta
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """An official keys manifest: plain JSON (`*.keys.json`) or xz-compressed minified JSON (`*.keys.json.xz`)."""
+    if path.suffix == ".xz":
+        with lzma.open(path, "rt") as f:
+            return json.load(f)
+    return json.loads(path.read_text())
+
+
 def file_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Meta tensors with the keys and shapes of a golden file's state dict (its stored `sd.` tensors and recipe keys)
     or of an official keys manifest (`*.keys.json`): what a detector sees, without the data."""
-    if path.name.endswith(".keys.json"):
-        return {k: torch.empty(v, device="meta") for k, v in json.loads(path.read_text())["state_dict"].items()}
+    if path.name.endswith((".keys.json", ".keys.json.xz")):
+        return {k: torch.empty(v, device="meta") for k, v in read_manifest(path)["state_dict"].items()}
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
         keys = [k for k in f.keys() if k.startswith("sd.")]  # noqa: SIM118 (safe_open is not iterable)
@@ -105,10 +114,11 @@ def golden_files(pattern: str = "*.safetensors") -> list[Path]:
 
 
 def manifests(pattern: str = "*.keys.json") -> list[Path]:
-    """Official keys manifests of registered classes."""
+    """Official keys manifests (plain and .xz) of registered classes."""
     if not GOLDEN.is_dir():
         return []
-    return sorted(p for p in GOLDEN.glob(pattern) if known_class(json.loads(p.read_text())["class"]))
+    paths = [*GOLDEN.glob(pattern), *GOLDEN.glob(f"{pattern}.xz")]
+    return sorted(p for p in paths if known_class(read_manifest(p)["class"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -47,6 +47,43 @@ class UpsampleOneStep(nn.Sequential):
         super().__init__(nn.Conv2d(num_feat, scale**2 * num_out_ch, 3, 1, 1), nn.PixelShuffle(scale))
 
 
+def add_swinir_head(m: nn.Module, *, upsampler: str, upscale: int, embed_dim: int, num_feat: int,
+                    out_chans: int) -> None:
+    """SwinIR's reconstruction modules, set on `m` under upstream's attribute names (so the state-dict keys stay):
+    "pixelshuffle" (classical SR), "pixelshuffledirect" (lightweight), "nearest+conv" (real-world, x4 only), or ""
+    (same-size restoration: one conv). `swinir_head(m, x)` runs them."""
+    if upsampler in ("pixelshuffle", "nearest+conv"):
+        m.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+    if upsampler == "pixelshuffle":
+        m.upsample = Upsample(upscale, num_feat)
+        m.conv_last = nn.Conv2d(num_feat, out_chans, 3, 1, 1)
+    elif upsampler == "pixelshuffledirect":
+        m.upsample = UpsampleOneStep(upscale, embed_dim, out_chans)
+    elif upsampler == "nearest+conv":
+        if upscale != 4:
+            raise ValueError("upsampler 'nearest+conv' supports upscale 4 only")
+        m.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        m.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        m.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        m.conv_last = nn.Conv2d(num_feat, out_chans, 3, 1, 1)
+        m.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+    else:
+        m.conv_last = nn.Conv2d(embed_dim, out_chans, 3, 1, 1)
+
+
+def swinir_head(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The image from SwinIR-style deep features (after `conv_after_body` and the long skip), for the three
+    upsampling heads `add_swinir_head` builds (the same-size head's global residual is the caller's)."""
+    if m.upsampler == "pixelshuffle":
+        return m.conv_last(m.upsample(m.conv_before_upsample(x)))
+    if m.upsampler == "pixelshuffledirect":
+        return m.upsample(x)
+    x = m.conv_before_upsample(x)
+    x = m.lrelu(m.conv_up1(F.interpolate(x, scale_factor=2, mode="nearest")))
+    x = m.lrelu(m.conv_up2(F.interpolate(x, scale_factor=2, mode="nearest")))
+    return m.conv_last(m.lrelu(m.conv_hr(x)))
+
+
 class DySample(nn.Module):
     """Every one of `groups` channel groups is resampled bilinearly (border padding) at scale x scale learned
     positions per input pixel: the sub-pixel centres plus offset * sigmoid(scope) / 2; then an `end_kernel` conv
