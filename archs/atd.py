@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers.detect import count_indexed, pixel_shuffle_scale, ratio_for, same_keys_and_shapes
+from .layers.detect import count_indexed, ratio_for, read_swinir_head, same_keys_and_shapes
 from .layers.swin import PatchEmbed, WindowAttention, patch_unembed, shifted_window_attention
 from .layers.upsample import add_swinir_head, swinir_head
 from .layers.window import relative_position_index, shifted_window_mask
@@ -343,22 +343,10 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
              for i in range(n_layers)]
     ws = math.isqrt(int(sd["relative_position_index_SA"].shape[0]))
     hidden = int(sd[f"{l0}convffn.fc1.weight"].shape[0])
-    if "conv_up1.weight" in sd:
-        upsampler, upscale = "nearest+conv", 4
-    elif "conv_before_upsample.0.weight" in sd:
-        first = sd.get("upsample.0.weight")
-        if first is None:
-            return None
-        upsampler = "pixelshuffle"
-        convs = sum(1 for k in sd if k.startswith("upsample.") and k.endswith(".weight"))
-        upscale = 3 if int(first.shape[0]) == 9 * _NUM_FEAT else 2**convs
-    elif "upsample.0.weight" in sd:
-        s = pixel_shuffle_scale(int(sd["upsample.0.weight"].shape[0]), in_chans)
-        if s is None:
-            return None
-        upsampler, upscale = "pixelshuffledirect", s
-    else:
-        upsampler, upscale = "", 1
+    head = read_swinir_head(sd, in_chans)
+    if head is None:
+        return None
+    upsampler, upscale = head
     pos = sd.get("absolute_pos_embed")
     kw: dict[str, Any] = {
         "img_size": math.isqrt(int(pos.shape[1])) if pos is not None else 64, "patch_size": 1,

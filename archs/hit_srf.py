@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers.detect import count_indexed, pixel_shuffle_scale, ratio_for, same_keys_and_shapes
+from .layers.detect import count_indexed, ratio_for, read_swinir_head, same_keys_and_shapes
 from .layers.drop import DropPath
 from .layers.posbias import DynamicPosBias, offset_table
 from .layers.upsample import add_swinir_head, swinir_head
@@ -369,20 +369,10 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
     if "absolute_pos_embed" in sd:
         side = int(sd["absolute_pos_embed"].shape[1]) ** 0.5
         kw["img_size"] = round(side)
-    if "conv_up1.weight" in sd:
-        kw.update(upsampler="nearest+conv", upscale=4)
-    elif "conv_before_upsample.0.weight" in sd:
-        num_feat = int(sd["conv_before_upsample.0.weight"].shape[0])
-        convs = [k for k in sd if k.startswith("upsample.") and k.endswith(".weight")]
-        first = int(sd["upsample.0.weight"].shape[0]) if "upsample.0.weight" in sd else 0
-        kw.update(upsampler="pixelshuffle", upscale=3 if first == 9 * num_feat else 2 ** len(convs))
-    elif "upsample.0.weight" in sd:
-        scale = pixel_shuffle_scale(int(sd["upsample.0.weight"].shape[0]), in_chans)
-        if scale is None:
-            return None
-        kw.update(upsampler="pixelshuffledirect", upscale=scale)
-    else:
-        kw.update(upsampler="", upscale=1)
+    head = read_swinir_head(sd, in_chans)
+    if head is None:
+        return None
+    kw.update(upsampler=head[0], upscale=head[1])
     # The base window leaves no trace in the state dict (the pooling widths are (ratio)^2 whatever the base), so it
     # comes from the published config with this layout: hit_srf (light, one-step head) 8, hit_srf_medium (6 layers)
     # 16, hit_srf_large (12 layers) 24; anything else gets the default 8.

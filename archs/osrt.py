@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers.deform import DCNv2Pack, flow_warp
-from .layers.detect import count_indexed, pixel_shuffle_scale, ratio_for, same_keys_and_shapes
+from .layers.detect import count_indexed, ratio_for, read_swinir_head, same_keys_and_shapes
 from .layers.drop import DropPath
 from .layers.padding import pad_to_multiple
 from .layers.upsample import add_swinir_head, swinir_head
@@ -466,20 +466,10 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
         "window_condition": window_condition,
         "c_dim": c_dim,
     }
-    if "conv_up1.weight" in sd:
-        kw.update(upsampler="nearest+conv", upscale=4)
-    elif "conv_before_upsample.0.weight" in sd:
-        num_feat = int(sd["conv_before_upsample.0.weight"].shape[0])
-        convs = [k for k in sd if k.startswith("upsample.") and k.endswith(".weight")]
-        first = int(sd["upsample.0.weight"].shape[0]) if "upsample.0.weight" in sd else 0
-        kw.update(upsampler="pixelshuffle", upscale=3 if first == 9 * num_feat else 2 ** len(convs))
-    elif "upsample.0.weight" in sd:
-        scale = pixel_shuffle_scale(int(sd["upsample.0.weight"].shape[0]), in_chans)
-        if scale is None:
-            return None
-        kw.update(upsampler="pixelshuffledirect", upscale=scale)
-    else:
-        kw.update(upsampler="", upscale=1)
+    head = read_swinir_head(sd, in_chans)
+    if head is None:
+        return None
+    kw.update(upsampler=head[0], upscale=head[1])
     return kw if same_keys_and_shapes(lambda: OSRT(**kw), sd) else None
 
 

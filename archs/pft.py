@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers.detect import count_indexed, pixel_shuffle_scale, ratio_for, same_keys_and_shapes
+from .layers.detect import count_indexed, ratio_for, read_swinir_head, same_keys_and_shapes
 from .layers.upsample import add_swinir_head, swinir_head
 from .layers.window import relative_position_index, shifted_window_mask, window_partition, window_reverse
 from .spec import ArchEntry, ArchSpec, StateDict
@@ -378,20 +378,10 @@ def _detect(sd: StateDict) -> dict[str, Any] | None:
         "patch_norm": "patch_embed.norm.weight" in sd,
         "resi_connection": "3conv" if "conv_after_body.0.weight" in sd else "1conv",
     }
-    if "conv_up1.weight" in sd:
-        kw.update(upsampler="nearest+conv", upscale=4)
-    elif "conv_before_upsample.0.weight" in sd:
-        num_feat = int(sd["conv_before_upsample.0.weight"].shape[0])
-        convs = [k for k in sd if k.startswith("upsample.") and k.endswith(".weight")]
-        first = int(sd["upsample.0.weight"].shape[0]) if "upsample.0.weight" in sd else 0
-        kw.update(upsampler="pixelshuffle", upscale=3 if first == 9 * num_feat else 2 ** len(convs))
-    elif "upsample.0.weight" in sd:
-        scale = pixel_shuffle_scale(int(sd["upsample.0.weight"].shape[0]), in_chans)
-        if scale is None:
-            return None
-        kw.update(upsampler="pixelshuffledirect", upscale=scale)
-    else:
-        kw.update(upsampler="", upscale=1)
+    head = read_swinir_head(sd, in_chans)
+    if head is None:
+        return None
+    kw.update(upsampler=head[0], upscale=head[1])
     return kw if same_keys_and_shapes(lambda: PFT(**kw), sd) else None
 
 

@@ -4,7 +4,7 @@ written once (like timm's `layers`). Family modules import from these modules an
 Module map (public names):
 * `detect`: the detectors' helpers. `same_keys_and_shapes` (the meta-device rebuild check), `rebuilds`,
   `BUILD_ERRORS`, `shapes`, `seq_lengths`, `list_length`, `count_indexed`, `buffer_value`, pixel-shuffle heads
-  `pixel_shuffle_scale` / `scale_and_out_channels`, `ratio_for`.
+  `pixel_shuffle_scale` / `scale_and_out_channels`, `read_swinir_head`, `ratio_for`.
 * `padding`: `pad_to_multiple(x, multiple, *, mode, min_size=0)` with mode "zeros", "reflect", "replicate" or
   "reflect_or_replicate"; `padded_size`, `PadMode`.
 * `precision`: `LOW_PRECISION`, `is_low_precision`, `upcast`, `f32`, `float32_region`, `conv32`, `batch_norm32`.

@@ -104,3 +104,22 @@ def ratio_for(hidden: int, dim: int) -> float:
     while int(r * dim) < hidden:  # float rounding just below hidden
         r = math.nextafter(r, math.inf)
     return r
+
+
+def read_swinir_head(sd: Mapping[str, torch.Tensor], out_chans: int) -> tuple[str, int] | None:
+    """(upsampler, upscale) of the head `add_swinir_head` builds, read from a state dict; None when the keys fit
+    none of them."""
+    if "conv_up1.weight" in sd:
+        return "nearest+conv", 4
+    first = sd.get("upsample.0.weight")
+    if "conv_before_upsample.0.weight" in sd:
+        if first is None:
+            return None
+        num_feat = int(sd["conv_before_upsample.0.weight"].shape[0])
+        convs = sum(1 for k in sd if k.startswith("upsample.") and k.endswith(".weight"))
+        # x3 is one conv to 9 * num_feat; 2^n is n convs to 4 * num_feat
+        return "pixelshuffle", 3 if int(first.shape[0]) == 9 * num_feat else 2**convs
+    if first is not None:
+        scale = pixel_shuffle_scale(int(first.shape[0]), out_chans)
+        return None if scale is None else ("pixelshuffledirect", scale)
+    return "", 1
